@@ -1,0 +1,100 @@
+//! One error type for the whole crate, with a kind that decides the HTTP status.
+//!
+//! Messages are lowercase, carry no final period, and name the action that failed, so that a
+//! log line or a problem+json `detail` reads as a sentence fragment an operator can act on.
+
+use std::fmt;
+
+/// What went wrong, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The input could not be parsed: JSON, PEM, DER, a CSR signature, a query parameter.
+    Malformed,
+    /// No credentials, or credentials that do not check out.
+    Unauthenticated,
+    /// Authenticated, but policy or state refuses the request.
+    Forbidden,
+    /// The named serial or identity does not exist.
+    NotFound,
+    /// The request body is larger than the server accepts.
+    TooLarge,
+    /// A dependency (the database) is unreachable; the caller may retry later.
+    Unavailable,
+    /// A fault of the server itself; details go to the log, never to the client.
+    Internal,
+}
+
+/// The crate's error: a kind, a human-readable detail, and an optional stable code that
+/// clients and metrics can match on (for example `token-replayed`).
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: Kind, code: &'static str, detail: impl Into<String>) -> Self {
+        Error {
+            kind,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn malformed(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(Kind::Malformed, code, detail)
+    }
+
+    pub fn unauthenticated(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(Kind::Unauthenticated, code, detail)
+    }
+
+    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(Kind::Forbidden, code, detail)
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, code, detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, "unavailable", detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(Kind::Internal, "internal", detail)
+    }
+
+    /// Prefixes the detail with the action that was under way, keeping kind and code.
+    pub fn context(mut self, action: &str) -> Self {
+        self.detail = format!("{action}: {}", self.detail);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => {
+                Error::unavailable(format!("the database is unreachable: {e}"))
+            }
+            _ => Error::internal(format!("database error: {e}")),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+module sigil/interop/peer
+
+go 1.21
