@@ -65,14 +65,16 @@ impl VerifiedCsr {
                 format!("CSR signature algorithm {sig_oid} is not accepted; sign with SHA-256 or better"),
             ));
         }
+        // The key type is judged first, so that a weak key is named as such rather than
+        // reported as a signature the verifier will not check.
+        let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
+        let key_kind = KeyKind::of_spki(&spki_der)?;
         csr.verify_signature().map_err(|_| {
             Error::malformed(
                 "bad-csr-signature",
                 "CSR self-signature does not verify: it was altered, or not signed with its own key",
             )
         })?;
-        let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
-        let key_kind = KeyKind::of_spki(&spki_der)?;
         let mut sans = Vec::new();
         if let Some(exts) = csr.requested_extensions() {
             for ext in exts {

@@ -254,6 +254,11 @@ impl CaClient {
         &self.base
     }
 
+    /// The underlying HTTP client, verifying the CA against the pinned root.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Sends a request and decodes a JSON answer, or the CA's problem.
     pub async fn call<T: DeserializeOwned>(
         &self,
