@@ -6,6 +6,7 @@
 # GET / answers 200 "ok <client subject DN, e.g. CN=svc>"; a refused client certificate
 # gets nginx's HTTP 400 page, not a TLS alert. exit: 0 ok, 1 failure, 2 usage error
 set -euo pipefail
+PATH=$PATH:/usr/sbin # nginx lives in sbin, which a non-login PATH may lack
 usage() { echo "usage: nginx.sh start --dir D --cert F --key F --ca F --crl F | nginx.sh stop --dir D" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 cmd=$1; shift

@@ -11,8 +11,9 @@ usage() { echo "usage: pkilint.sh cert FILE | crl FILE | arl FILE | chain ISSUER
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# pkilint reads only the first PEM block of a file, but sigil's cert.pem holds the leaf
-# and the intermediate: lint each block on its own. A DER file is passed through whole.
+# pkilint wants one document per file: given several PEM blocks it lints only the first,
+# or fails to decode the file, depending on lengths. sigil's cert.pem holds the leaf and
+# the intermediate, so each block goes to a file of its own. DER passes through whole.
 blocks() {
   local n
   n=$(awk -v p="$tmp/b" '/^-----BEGIN /{n++; f=p n ".pem"} f{print > f} /^-----END /{close(f); f=""} END{print n+0}' "$1")
@@ -69,7 +70,10 @@ case "$cmd" in
       lint "$1#$((i + 1))" "${tool[@]}" "${parts[$i]}" || status=$(( $? > status ? $? : status ))
     done ;;
   chain)
-    # pkilint takes the first certificate of each file: the issuer, then its subject.
-    lint "$2 <- $1" "$bin/lint_pkix_signer_signee_cert_chain" lint "$1" "$2" || status=$? ;;
+    # The first certificate of each file: the issuer, then the subject it signed.
+    mkdir "$tmp/i" "$tmp/s"
+    issuer=$(tmp=$tmp/i blocks "$1" | head -n1)
+    subject=$(tmp=$tmp/s blocks "$2" | head -n1)
+    lint "$2 <- $1" "$bin/lint_pkix_signer_signee_cert_chain" lint "$issuer" "$subject" || status=$? ;;
 esac
 exit "$status"

@@ -27,19 +27,19 @@ check() { # check WANT(ok|refused) NAME CMD...: run CMD, compare its outcome wit
 "$here/mkpki.sh" "$t/pki" > /dev/null
 cd "$t/pki"
 
-wait_port() { # wait_port FILE: the servers write their port once they listen
-  for _ in $(seq 100); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.1; done
-  echo "no port in $1" >&2; return 1
+# Servers start in this shell (not in $(...), whose pipe they would hold open) and
+# record their port in port[NAME] once their port file appears.
+declare -A port
+wait_port() { # wait_port NAME
+  for _ in $(seq 100); do [ -s "$t/$1.port" ] && { port[$1]=$(cat "$t/$1.port"); return; }; sleep 0.1; done
+  echo "server $1 wrote no port:" >&2; cat "$t/$1.log" >&2; exit 1
 }
-start_go() { # start_go NAME CERT KEY CRL [FLAGS...]
-  local n=$1 c=$2 k=$3 crl=$4; shift 4
-  "$gopeer" server --cert "$c" --key "$k" --ca ca.pem --crl "$crl" --port-file "$t/$n.port" "$@" 2> "$t/$n.log" &
-  pids+=($!); wait_port "$t/$n.port"
-}
-start_py() {
-  local n=$1 c=$2 k=$3 crl=$4; shift 4
-  "${pypeer[@]}" server --cert "$c" --key "$k" --ca ca.pem --crl "$crl" --port-file "$t/$n.port" "$@" 2> "$t/$n.log" &
-  pids+=($!); wait_port "$t/$n.port"
+start_peer() { # start_peer go|py NAME CERT KEY CRL [FLAGS...]
+  local impl=$1 n=$2 c=$3 k=$4 crl=$5; shift 5
+  local cmd=("$gopeer"); [ "$impl" = py ] && cmd=("${pypeer[@]}")
+  "${cmd[@]}" server --cert "$c" --key "$k" --ca ca.pem --crl "$crl" --port-file "$t/$n.port" "$@" > "$t/$n.log" 2>&1 &
+  pids+=($!)
+  wait_port "$n"
 }
 # s_client's -cert sends only the first certificate: the intermediate goes in -cert_chain.
 # TLS 1.3 rejections arrive after the handshake, so success is judged by the reply body.
@@ -53,9 +53,8 @@ go_client() { "$gopeer" client --cert "$2.pem" --key "$2.key" --ca ca.pem --url 
 py_client() { "${pypeer[@]}" client --cert "$2.pem" --key "$2.key" --ca ca.pem --url "https://127.0.0.1:$1/" "${@:3}"; }
 
 # 1. every server x every client x good/revoked client certificate
-declare -A port
-port[go]=$(start_go go server.pem server.key crls.pem)
-port[python]=$(start_py py server.pem server.key crls.pem)
+start_peer go go server.pem server.key crls.pem
+start_peer py python server.pem server.key crls.pem
 port[nginx]=$("$here/nginx.sh" start --dir "$t/nginx" --cert server.pem --key server.key --ca ca.pem --crl crls.pem)
 for srv in go python nginx; do
   for cl in s_client go_client py_client; do
@@ -68,14 +67,14 @@ check ok "python server answers 'ok <CN>'" grep -qx 'ok good-client' <(py_client
 check ok "nginx answers 'ok <DN>'" grep -qx 'ok CN=good-client' <(go_client "${port[nginx]}" good)
 
 # 2. the Go server fails closed, and --crl-leaf-only narrows the check
-port[go_rootcrl]=$(start_go go_rootcrl server.pem server.key root-crl.crl)
+start_peer go go_rootcrl server.pem server.key root-crl.crl
 check refused "go server without the issuer's CRL refuses" go_client "${port[go_rootcrl]}" good
-port[go_leaf]=$(start_go go_leaf server.pem server.key int-crl.crl --crl-leaf-only)
+start_peer go go_leaf server.pem server.key int-crl.crl --crl-leaf-only
 check ok "go server --crl-leaf-only with the intermediate CRL only" go_client "${port[go_leaf]}" good
 check refused "go server --crl-leaf-only still refuses revoked" go_client "${port[go_leaf]}" revoked
 
 # 3. clients check the server's certificate against the CRLs only with --crl
-port[revsrv]=$(start_go revsrv server-revoked.pem server-revoked.key crls.pem)
+start_peer go revsrv server-revoked.pem server-revoked.key crls.pem
 check ok "go client without --crl accepts a revoked server" go_client "${port[revsrv]}" good
 check refused "go client --crl refuses a revoked server" go_client "${port[revsrv]}" good --crl crls.pem
 check ok "go client --crl accepts a good server" go_client "${port[python]}" good --crl crls.pem

@@ -21,7 +21,7 @@ fi
 
 # 1. Debian packages. One apt-get update, and only when something is missing.
 pkgs=()
-command -v nginx >/dev/null 2>&1 || pkgs+=(nginx-light)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx-light)
 command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
 # The venv is made from Debian's python3 so its ssl module uses the system OpenSSL 3.
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3 python3-venv)
@@ -42,6 +42,7 @@ fi
 # existing main stanza (the one listing plain "bookworm"), so the mirror stays whatever
 # this machine already uses.
 if [ ! -x "$go" ]; then
+  [ -f "$sources" ] || { echo "setup.sh: $sources not found (expected on Debian 12)" >&2; exit 1; }
   if ! grep -q '^Suites:.*bookworm-backports' "$sources"; then
     sed -i -E '/^Suites:.*[[:space:]]bookworm([[:space:]]|$)/ s/[[:space:]]*$/ bookworm-backports/' "$sources"
     grep -q '^Suites:.*bookworm-backports' "$sources" \
@@ -57,7 +58,7 @@ mkdir -p "$bindir"
   GOCACHE=/tmp/sigil-interop-gocache GOPATH=/tmp/sigil-interop-gopath \
   "$go" build -o "$bindir/peer" .)
 
-echo "nginx:    $(command -v nginx)"
+echo "nginx:    $(command -v nginx || echo /usr/sbin/nginx)"
 echo "openssl:  $(command -v openssl)"
 echo "python:   $venv/bin/python ($here/python/peer.py)"
 echo "pkilint:  $venv/bin/lint_pkix_cert ($here/pkilint.sh)"
