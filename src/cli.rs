@@ -34,10 +34,40 @@ pub enum Command {
     Init {
         #[command(flatten)]
         args: ServeArgs,
+        #[command(flatten)]
+        import: ImportArgs,
     },
     /// Make bootstrap tokens
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+/// Existing CA files for `sigil init` to adopt instead of creating new ones.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// Import this root certificate (PEM) instead of creating one; needs all four --import-* files
+    #[arg(long, requires_all = ["import_root_key", "import_intermediate_cert", "import_intermediate_key"])]
+    pub import_root_cert: Option<PathBuf>,
+    /// The imported root's private key (PKCS#8 PEM)
+    #[arg(long, requires = "import_root_cert")]
+    pub import_root_key: Option<PathBuf>,
+    /// The imported intermediate certificate (PEM), signed by the root
+    #[arg(long, requires = "import_root_cert")]
+    pub import_intermediate_cert: Option<PathBuf>,
+    /// The imported intermediate's private key (PKCS#8 PEM)
+    #[arg(long, requires = "import_root_cert")]
+    pub import_intermediate_key: Option<PathBuf>,
+}
+
+impl ImportArgs {
+    fn files(&self) -> Option<crate::ca::ImportFiles> {
+        Some(crate::ca::ImportFiles {
+            root_cert: self.import_root_cert.clone()?,
+            root_key: self.import_root_key.clone()?,
+            intermediate_cert: self.import_intermediate_cert.clone()?,
+            intermediate_key: self.import_intermediate_key.clone()?,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -104,10 +134,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(settings.log_format == "json");
             crate::server::serve(settings, addr_file).await
         }
-        Command::Init { args } => {
+        Command::Init { args, import } => {
             let settings = args.resolve()?;
             init_logging(settings.log_format == "json");
-            let report = crate::server::init(&settings).await?;
+            let report = crate::server::init(&settings, import.files().as_ref()).await?;
             println!("root fingerprint (SHA-256): {}", report.root_fingerprint);
             if let Some(key) = report.admin_key {
                 println!(

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use time::OffsetDateTime;
 
 use crate::authority::{self, Authority};
-use crate::ca::{keyfile, Ca, CaFiles, InitOptions};
+use crate::ca::{keyfile, Ca, CaFiles, ImportFiles, InitOptions};
 use crate::config::Settings;
 use crate::crl::CrlPublisher;
 use crate::http;
@@ -26,7 +26,7 @@ pub struct InitReport {
 
 /// Creates the CA in an empty data directory and records the first admin key in the
 /// database. Fails if the directory already holds a CA.
-pub async fn init(settings: &Settings) -> anyhow::Result<InitReport> {
+pub async fn init(settings: &Settings, import: Option<&ImportFiles>) -> anyhow::Result<InitReport> {
     let files = CaFiles::new(&settings.data_dir);
     if files.is_initialized() {
         anyhow::bail!(
@@ -34,13 +34,19 @@ pub async fn init(settings: &Settings) -> anyhow::Result<InitReport> {
             settings.data_dir.display()
         );
     }
-    Ca::create(
-        &files,
-        &InitOptions {
-            organization: settings.organization.clone(),
-        },
-    )?;
-    tracing::info!(dir = %settings.data_dir.display(), "created root and intermediate CA");
+    match import {
+        Some(src) => {
+            Ca::import(&files, src)?;
+            tracing::info!(dir = %settings.data_dir.display(), "imported root and intermediate CA");
+        }
+        None => {
+            let opts = InitOptions {
+                organization: settings.organization.clone(),
+            };
+            Ca::create(&files, &opts)?;
+            tracing::info!(dir = %settings.data_dir.display(), "created root and intermediate CA");
+        }
+    }
     let (_, provisioner_pem) =
         SigningKey::generate(Algorithm::ES256).map_err(|e| anyhow::anyhow!(e.detail))?;
     keyfile::write_new_secret(&files.provisioner_key(), provisioner_pem.as_bytes())?;
@@ -157,7 +163,7 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
     let files = CaFiles::new(&settings.data_dir);
     if !files.is_initialized() {
         tracing::info!(dir = %settings.data_dir.display(), "data directory holds no CA; initializing it");
-        let report = init(&settings).await?;
+        let report = init(&settings, None).await?;
         announce(&report);
     }
     let ca = Arc::new(Ca::load(&files)?);

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use common::{Backend, Server};
 
 fn spec() -> serde_json::Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.json")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.json")).unwrap();
     serde_json::from_str(&text).expect("api/openapi.json is JSON")
 }
 
@@ -26,7 +27,8 @@ fn spec_operations() -> BTreeSet<(String, String)> {
 
 /// Reads the `.route("PATH", get(..).post(..))` calls of the router's source.
 fn router_operations() -> BTreeSet<(String, String)> {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs")).unwrap();
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs")).unwrap();
     let mut ops = BTreeSet::new();
     let compact: String = src.split_whitespace().collect();
     for chunk in compact.split(".route(\"").skip(1) {
@@ -38,7 +40,10 @@ fn router_operations() -> BTreeSet<(String, String)> {
             }
         }
     }
-    assert!(ops.len() > 10, "the router source could not be read: {ops:?}");
+    assert!(
+        ops.len() > 10,
+        "the router source could not be read: {ops:?}"
+    );
     ops
 }
 
@@ -48,8 +53,14 @@ fn spec_matches_router() {
     let router = router_operations();
     let undocumented: Vec<_> = router.difference(&spec).collect();
     let missing: Vec<_> = spec.difference(&router).collect();
-    assert!(undocumented.is_empty(), "routes missing from api/openapi.json: {undocumented:?}");
-    assert!(missing.is_empty(), "api/openapi.json describes operations the router lacks: {missing:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from api/openapi.json: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "api/openapi.json describes operations the router lacks: {missing:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +68,9 @@ async fn every_described_operation_is_served() {
     let s = Server::start(Backend::Sqlite).await;
     let http = s.http();
     for (method, path) in spec_operations() {
-        let path = path.replace("{serial}", "01").replace("{service}", "payments");
+        let path = path
+            .replace("{serial}", "01")
+            .replace("{service}", "payments");
         let req = match method.as_str() {
             "GET" => http.get(format!("{}{path}", s.url)),
             "POST" => http.post(format!("{}{path}", s.url)).body("{}"),
@@ -66,7 +79,10 @@ async fn every_described_operation_is_served() {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
-        assert!(status != 404 || !body.contains("no-such-endpoint"), "{method} {path} is not routed");
+        assert!(
+            status != 404 || !body.contains("no-such-endpoint"),
+            "{method} {path} is not routed"
+        );
         assert_ne!(status, 405, "{method} {path}: method not allowed");
         assert!(status < 500, "{method} {path} answered {status}: {body}");
     }

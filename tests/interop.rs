@@ -22,19 +22,30 @@ fn interop_dir() -> PathBuf {
 }
 
 fn venv() -> PathBuf {
-    PathBuf::from(std::env::var("SIGIL_INTEROP_VENV").unwrap_or_else(|_| "/tmp/sigil-interop-venv".into()))
+    PathBuf::from(
+        std::env::var("SIGIL_INTEROP_VENV").unwrap_or_else(|_| "/tmp/sigil-interop-venv".into()),
+    )
 }
 
 fn go_peer() -> PathBuf {
-    let dir = std::env::var("SIGIL_INTEROP_BIN").unwrap_or_else(|_| "/tmp/sigil-interop-bin".into());
+    let dir =
+        std::env::var("SIGIL_INTEROP_BIN").unwrap_or_else(|_| "/tmp/sigil-interop-bin".into());
     let p = PathBuf::from(dir).join("peer");
-    assert!(p.exists(), "Go peer missing at {}: run tests/interop/setup.sh", p.display());
+    assert!(
+        p.exists(),
+        "Go peer missing at {}: run tests/interop/setup.sh",
+        p.display()
+    );
     p
 }
 
 fn python_peer() -> Command {
     let py = venv().join("bin/python");
-    assert!(py.exists(), "interop venv missing at {}: run tests/interop/setup.sh", py.display());
+    assert!(
+        py.exists(),
+        "interop venv missing at {}: run tests/interop/setup.sh",
+        py.display()
+    );
     let mut c = Command::new(py);
     c.arg(interop_dir().join("python/peer.py"));
     c
@@ -58,19 +69,39 @@ impl Issued {
 async fn issue(s: &Server, work: &Path, name: &str, service: &str, sans: &[&str]) -> Issued {
     let dir = work.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let (csr, key_path) = common::openssl_csr(&dir, "leaf", "ec", &["-pkeyopt", "ec_paramgen_curve:P-256"], sans);
+    let (csr, key_path) = common::openssl_csr(
+        &dir,
+        "leaf",
+        "ec",
+        &["-pkeyopt", "ec_paramgen_curve:P-256"],
+        sans,
+    );
     std::fs::rename(key_path, dir.join("key.pem")).unwrap();
     let token = s.token(service, sans).await;
-    let resp = s.http().post(format!("{}/v1/sign", s.url)).json(&json!({"csr": csr, "token": token})).send().await.unwrap();
+    let resp = s
+        .http()
+        .post(format!("{}/v1/sign", s.url))
+        .json(&json!({"csr": csr, "token": token}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
     std::fs::write(dir.join("cert.pem"), body["chain"].as_str().unwrap()).unwrap();
     std::fs::write(dir.join("leaf.pem"), body["certificate"].as_str().unwrap()).unwrap();
-    Issued { dir, serial: body["serial"].as_str().unwrap().to_owned() }
+    Issued {
+        dir,
+        serial: body["serial"].as_str().unwrap().to_owned(),
+    }
 }
 
 async fn get_text(s: &Server, path: &str) -> String {
-    let resp = s.http().get(format!("{}{path}", s.url)).send().await.unwrap();
+    let resp = s
+        .http()
+        .get(format!("{}{path}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "GET {path}");
     resp.text().await.unwrap()
 }
@@ -88,12 +119,26 @@ async fn revoke_and_wait(s: &Server, serial: &str, reason: &str) {
     assert_eq!(resp.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let der = s.http().get(format!("{}/v1/crl", s.url)).send().await.unwrap().bytes().await.unwrap();
+        let der = s
+            .http()
+            .get(format!("{}/v1/crl", s.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
-        if crl.iter_revoked_certificates().any(|r| hex::encode(r.raw_serial()).trim_start_matches('0') == serial) {
+        if crl
+            .iter_revoked_certificates()
+            .any(|r| hex::encode(r.raw_serial()).trim_start_matches('0') == serial)
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "revocation of {serial} never reached the served CRL");
+        assert!(
+            Instant::now() < deadline,
+            "revocation of {serial} never reached the served CRL"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -122,12 +167,33 @@ async fn pkilint_finds_nothing() {
     // localhost in a URI, which is only the default for trying sigil out.
     let s = Server::start_with(
         Backend::Sqlite,
-        &["--trust-domain", "example.org", "--crl-publish-delay", "1s", "--public-url", "https://ca.example.internal:8443"],
+        &[
+            "--trust-domain",
+            "example.org",
+            "--crl-publish-delay",
+            "1s",
+            "--public-url",
+            "https://ca.example.internal:8443",
+        ],
     )
     .await;
     let work = tempfile::tempdir().unwrap();
-    let leaf = issue(&s, work.path(), "leaf", "payments", &["payments.internal", "10.0.0.9"]).await;
-    let sibling = issue(&s, work.path(), "sibling", "payments", &["payments.internal"]).await;
+    let leaf = issue(
+        &s,
+        work.path(),
+        "leaf",
+        "payments",
+        &["payments.internal", "10.0.0.9"],
+    )
+    .await;
+    let sibling = issue(
+        &s,
+        work.path(),
+        "sibling",
+        "payments",
+        &["payments.internal"],
+    )
+    .await;
     revoke_and_wait(&s, &sibling.serial, "keyCompromise").await;
 
     let crl = work.path().join("intermediate.crl.pem");
@@ -174,7 +240,10 @@ async fn openssl_verify_uses_served_crls() {
     let (ok, out) = verify(&good.cert());
     assert!(ok, "the unrevoked sibling must verify: {out}");
     let (ok, out) = verify(&bad.cert());
-    assert!(!ok && out.contains("certificate revoked"), "the revoked certificate must be refused: {out}");
+    assert!(
+        !ok && out.contains("certificate revoked"),
+        "the revoked certificate must be refused: {out}"
+    );
 }
 
 /// A server process of one of the peers, stopped on drop.
@@ -192,7 +261,11 @@ impl Drop for Peer {
             let _ = c.wait();
         }
         if let Some(d) = &self.nginx_dir {
-            let _ = Command::new(interop_dir().join("nginx.sh")).arg("stop").arg("--dir").arg(d).status();
+            let _ = Command::new(interop_dir().join("nginx.sh"))
+                .arg("stop")
+                .arg("--dir")
+                .arg(d)
+                .status();
         }
     }
 }
@@ -217,7 +290,11 @@ fn start_peer(name: &'static str, work: &Path, server: &Issued, ca: &Path, crls:
     match name {
         "go" | "python" => {
             let port_file = work.join(format!("{name}.port"));
-            let mut cmd = if name == "go" { Command::new(go_peer()) } else { python_peer() };
+            let mut cmd = if name == "go" {
+                Command::new(go_peer())
+            } else {
+                python_peer()
+            };
             cmd.arg("server")
                 .arg("--cert")
                 .arg(server.cert())
@@ -233,7 +310,12 @@ fn start_peer(name: &'static str, work: &Path, server: &Issued, ca: &Path, crls:
                 .stderr(Stdio::null());
             let mut child = cmd.spawn().unwrap();
             let port = wait_port_file(&port_file, &mut child, name);
-            Peer { name, child: Some(child), nginx_dir: None, port }
+            Peer {
+                name,
+                child: Some(child),
+                nginx_dir: None,
+                port,
+            }
         }
         "nginx" => {
             let dir = work.join("nginx");
@@ -252,9 +334,18 @@ fn start_peer(name: &'static str, work: &Path, server: &Issued, ca: &Path, crls:
                 .arg(crls)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "nginx did not start: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "nginx did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let port = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-            Peer { name, child: None, nginx_dir: Some(dir), port }
+            Peer {
+                name,
+                child: None,
+                nginx_dir: Some(dir),
+                port,
+            }
         }
         other => panic!("unknown peer {other}"),
     }
@@ -266,7 +357,11 @@ fn connect(client: &str, peer: &Peer, id: &Issued, ca: &Path, crls: &Path) -> (b
     let url = format!("https://localhost:{}/", peer.port);
     match client {
         "go" | "python" => {
-            let mut cmd = if client == "go" { Command::new(go_peer()) } else { python_peer() };
+            let mut cmd = if client == "go" {
+                Command::new(go_peer())
+            } else {
+                python_peer()
+            };
             cmd.arg("client")
                 .arg("--cert")
                 .arg(id.cert())
@@ -299,9 +394,17 @@ fn connect(client: &str, peer: &Peer, id: &Issued, ca: &Path, crls: &Path) -> (b
                 .spawn()
                 .unwrap();
             use std::io::Write;
-            let _ = child.stdin.take().unwrap().write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let _ = child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
             let out = child.wait_with_output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             (text.lines().any(|l| l.starts_with("ok ")), text)
         }
         other => panic!("unknown client {other}"),
@@ -313,9 +416,30 @@ fn connect(client: &str, peer: &Peer, id: &Issued, ca: &Path, crls: &Path) -> (b
 async fn mtls_peers_admit_good_and_refuse_revoked() {
     let s = Server::start_with(Backend::Sqlite, &["--crl-publish-delay", "1s"]).await;
     let work = tempfile::tempdir().unwrap();
-    let server = issue(&s, work.path(), "server", "peer-server", &["localhost", "127.0.0.1"]).await;
-    let good = issue(&s, work.path(), "good", "good-client", &["good-client.internal"]).await;
-    let revoked = issue(&s, work.path(), "revoked", "revoked-client", &["revoked-client.internal"]).await;
+    let server = issue(
+        &s,
+        work.path(),
+        "server",
+        "peer-server",
+        &["localhost", "127.0.0.1"],
+    )
+    .await;
+    let good = issue(
+        &s,
+        work.path(),
+        "good",
+        "good-client",
+        &["good-client.internal"],
+    )
+    .await;
+    let revoked = issue(
+        &s,
+        work.path(),
+        "revoked",
+        "revoked-client",
+        &["revoked-client.internal"],
+    )
+    .await;
     revoke_and_wait(&s, &revoked.serial, "keyCompromise").await;
     let (ca, crls) = trust_files(&s, work.path()).await;
 
@@ -323,9 +447,17 @@ async fn mtls_peers_admit_good_and_refuse_revoked() {
         let peer = start_peer(server_kind, work.path(), &server, &ca, &crls);
         for client in ["openssl", "python", "go"] {
             let (ok, out) = connect(client, &peer, &good, &ca, &crls);
-            assert!(ok, "{} server must admit the good {client} client:\n{out}", peer.name);
+            assert!(
+                ok,
+                "{} server must admit the good {client} client:\n{out}",
+                peer.name
+            );
             let (ok, out) = connect(client, &peer, &revoked, &ca, &crls);
-            assert!(!ok, "{} server must refuse the revoked {client} client:\n{out}", peer.name);
+            assert!(
+                !ok,
+                "{} server must refuse the revoked {client} client:\n{out}",
+                peer.name
+            );
         }
     }
 }
@@ -343,14 +475,30 @@ async fn csrs_from_every_tool_and_key_type_are_accepted() {
         for tool in ["go", "python"] {
             let csr = work.path().join(format!("{tool}-{kt}.csr"));
             let key = work.path().join(format!("{tool}-{kt}.key"));
-            let mut cmd = if tool == "go" { Command::new(go_peer()) } else { python_peer() };
-            cmd.args(["csr", "--key-type", kt, "--cn", "payments", "--dns", "payments.internal", "--key-out"])
-                .arg(&key)
-                .arg("--csr-out")
-                .arg(&csr);
+            let mut cmd = if tool == "go" {
+                Command::new(go_peer())
+            } else {
+                python_peer()
+            };
+            cmd.args([
+                "csr",
+                "--key-type",
+                kt,
+                "--cn",
+                "payments",
+                "--dns",
+                "payments.internal",
+                "--key-out",
+            ])
+            .arg(&key)
+            .arg("--csr-out")
+            .arg(&csr);
             let (ok, out) = common::run(&mut cmd);
             assert!(ok, "{tool} csr {kt}: {out}");
-            csrs.push((format!("{tool} {kt}"), std::fs::read_to_string(&csr).unwrap()));
+            csrs.push((
+                format!("{tool} {kt}"),
+                std::fs::read_to_string(&csr).unwrap(),
+            ));
         }
     }
     for (label, alg) in [
@@ -358,17 +506,34 @@ async fn csrs_from_every_tool_and_key_type_are_accepted() {
         ("rcgen p384", &rcgen::PKCS_ECDSA_P384_SHA384),
         ("rcgen ed25519", &rcgen::PKCS_ED25519),
     ] {
-        csrs.push((label.into(), common::rcgen_csr(alg, &["payments.internal"]).0));
+        csrs.push((
+            label.into(),
+            common::rcgen_csr(alg, &["payments.internal"]).0,
+        ));
     }
     for (label, csr) in csrs {
         let token = s.token("payments", &["payments.internal"]).await;
-        let resp = s.http().post(format!("{}/v1/sign", s.url)).json(&json!({"csr": csr, "token": token})).send().await.unwrap();
+        let resp = s
+            .http()
+            .post(format!("{}/v1/sign", s.url))
+            .json(&json!({"csr": csr, "token": token}))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         let body: Value = resp.json().await.unwrap();
         assert_eq!(status, 201, "{label}: {body}");
         let chain = work.path().join("chain.pem");
         std::fs::write(&chain, body["chain"].as_str().unwrap()).unwrap();
-        let (ok, out) = common::run(Command::new("openssl").arg("verify").arg("-CAfile").arg(&bundle).arg("-untrusted").arg(&chain).arg(&chain));
+        let (ok, out) = common::run(
+            Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(&bundle)
+                .arg("-untrusted")
+                .arg(&chain)
+                .arg(&chain),
+        );
         assert!(ok, "{label}: {out}");
     }
 }

@@ -495,6 +495,78 @@ fn san_type(san: &San) -> Result<SanType> {
     })
 }
 
+/// Existing CA files to adopt instead of creating new ones.
+#[derive(Debug, Clone)]
+pub struct ImportFiles {
+    pub root_cert: PathBuf,
+    pub root_key: PathBuf,
+    pub intermediate_cert: PathBuf,
+    pub intermediate_key: PathBuf,
+}
+
+impl Ca {
+    /// Adopts an existing root and intermediate (PEM certificates, PKCS#8 PEM keys) after
+    /// checking that they are what this CA needs: keys match certificates, both are CA
+    /// certificates allowed to sign certificates and CRLs, the intermediate is signed by the
+    /// root, and both are valid now.
+    pub fn import(files: &CaFiles, src: &ImportFiles) -> anyhow::Result<()> {
+        fs::create_dir_all(&files.dir)
+            .with_context(|| format!("creating {}", files.dir.display()))?;
+        let read =
+            |p: &Path| fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let (root_pem, int_pem) = (read(&src.root_cert)?, read(&src.intermediate_cert)?);
+        let (root_key, int_key) = (read(&src.root_key)?, read(&src.intermediate_key)?);
+        let root_der = pem_to_der(&root_pem, "CERTIFICATE")?;
+        let int_der = pem_to_der(&int_pem, "CERTIFICATE")?;
+        let (_, root) =
+            X509Certificate::from_der(&root_der).map_err(|e| anyhow!("parsing root: {e}"))?;
+        let (_, int) = X509Certificate::from_der(&int_der)
+            .map_err(|e| anyhow!("parsing intermediate: {e}"))?;
+        for (name, cert, key_pem) in [("root", &root, &root_key), ("intermediate", &int, &int_key)]
+        {
+            let key = KeyPair::from_pem(key_pem).with_context(|| {
+                format!("{name} key must be PKCS#8 PEM (openssl pkcs8 -topk8 -nocrypt)")
+            })?;
+            if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+                anyhow::bail!("the {name} key does not belong to the {name} certificate");
+            }
+            let ca = cert
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .is_some_and(|b| b.value.ca);
+            let ku = cert
+                .key_usage()
+                .ok()
+                .flatten()
+                .map(|k| (k.value.key_cert_sign(), k.value.crl_sign()));
+            if !ca || ku != Some((true, true)) {
+                anyhow::bail!(
+                    "the {name} certificate must be a CA with keyCertSign and cRLSign key usage"
+                );
+            }
+            if !cert.validity().is_valid() {
+                anyhow::bail!("the {name} certificate is not valid now");
+            }
+        }
+        int.verify_signature(Some(root.public_key()))
+            .map_err(|_| anyhow!("the intermediate is not signed by the root"))?;
+        keyfile::write_new_secret(&files.root_key(), root_key.as_bytes())?;
+        keyfile::write_new_secret(&files.intermediate_key(), int_key.as_bytes())?;
+        keyfile::write_atomic(
+            &files.intermediate_cert(),
+            encode_cert(&int_der).as_bytes(),
+            0o644,
+        )?;
+        keyfile::write_atomic(&files.root_cert(), encode_cert(&root_der).as_bytes(), 0o644)?;
+        Ok(())
+    }
+}
+
+fn encode_cert(der: &[u8]) -> String {
+    crate::pem::encode("CERTIFICATE", der)
+}
+
 /// Maps an RFC 5280 reason name to rcgen's code.
 pub fn reason_code(name: &str) -> Option<RevocationReason> {
     Some(match name {
