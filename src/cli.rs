@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reqwest::Method;
 
+use crate::client::request::KeyType;
 use crate::client::{AdminArgs, CaArgs, CaClient};
 use crate::config::ServeArgs;
 
@@ -40,6 +41,100 @@ pub enum Command {
     /// Make bootstrap tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Get a certificate with a bootstrap token; the key is made here and never sent
+    Request(RequestArgs),
+    /// Renew the certificate in a directory over mTLS, with a new key
+    Renew(RenewArgs),
+    /// Keep a certificate directory fresh: renew, refresh bundle and CRLs, reload the workload
+    Agent(AgentArgs),
+}
+
+/// `sigil request`.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub ca: CaArgs,
+    /// The bootstrap token (visible to other users in the process list: prefer --token-file)
+    #[arg(
+        long,
+        env = "SIGIL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bootstrap token (mode 0600)
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Directory to write cert.pem, key.pem and ca.pem into
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A name to ask for (repeatable) [default: every name the token allows]
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Type of the new key
+    #[arg(long, value_enum, default_value = "p256")]
+    pub key_type: KeyType,
+    /// Certificate lifetime, such as 12h [default: the CA's]
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Also write crls.pem, the CA's CRLs
+    #[arg(long)]
+    pub crl: bool,
+}
+
+/// `sigil renew`.
+#[derive(Debug, clap::Args)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub ca: CaArgs,
+    /// Directory holding cert.pem, key.pem and ca.pem; trusts its ca.pem unless --root or
+    /// --fingerprint is given
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Certificate lifetime, such as 12h [default: the CA's]
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Type of the new key [default: that of the current key]
+    #[arg(long, value_enum)]
+    pub key_type: Option<KeyType>,
+}
+
+/// `sigil agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub ca: CaArgs,
+    /// Directory to keep fresh
+    #[arg(long)]
+    pub out: PathBuf,
+    /// File holding a bootstrap token, used when the directory has no certificate or its
+    /// certificate can no longer renew (mode 0600)
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Shell command to run after the files change (sh -c; SIGIL_DIR names the directory)
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// File holding the workload's process id, to signal after the files change
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Signal for --pid-file
+    #[arg(long, default_value = "HUP", requires = "pid_file")]
+    pub signal: crate::client::agent::Signal,
+    /// Also keep crls.pem, the CA's CRLs, fresh
+    #[arg(long)]
+    pub crl: bool,
+    /// Certificate lifetime, such as 12h [default: the CA's]
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Type of new keys [default: that of the current key, P-256 for the first]
+    #[arg(long, value_enum)]
+    pub key_type: Option<KeyType>,
+    /// A name to ask for with the token (repeatable) [default: every name the token allows]
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// How often to check the bundle and CRLs for changes
+    #[arg(long, default_value = "1m")]
+    pub poll_interval: String,
 }
 
 /// Existing CA files for `sigil init` to adopt instead of creating new ones.
@@ -129,6 +224,18 @@ pub fn init_logging(json: bool) {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Request(args) => {
+            init_logging(false);
+            request(args).await
+        }
+        Command::Renew(args) => {
+            init_logging(false);
+            renew(args).await
+        }
+        Command::Agent(args) => {
+            init_logging(false);
+            agent(args).await
+        }
         Command::Serve { args, addr_file } => {
             let settings = args.resolve()?;
             init_logging(settings.log_format == "json");
@@ -211,4 +318,97 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_sans(sans: &[String]) -> anyhow::Result<Vec<crate::names::San>> {
+    sans.iter()
+        .map(|s| crate::names::San::parse(s).map_err(|e| anyhow::anyhow!(e.detail)))
+        .collect()
+}
+
+fn report_written(dir: &crate::client::files::CertDir, issued: &crate::client::request::Issued) {
+    println!(
+        "wrote {} (serial {}, valid until {})",
+        dir.path().display(),
+        issued.serial,
+        issued.not_after
+    );
+}
+
+async fn request(args: RequestArgs) -> anyhow::Result<()> {
+    use crate::client::{files, request};
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(f)) => crate::ca::keyfile::read_secret(f)?.trim().to_owned(),
+        (None, None) => {
+            anyhow::bail!("give the bootstrap token with --token-file FILE or SIGIL_TOKEN")
+        }
+    };
+    let sans = parse_sans(&args.sans)?;
+    let client = CaClient::new(&args.ca).await?;
+    let (issued, key_pem) =
+        request::request(&client, &token, &sans, args.key_type, args.ttl.as_deref()).await?;
+    let ca_pem = request::fetch_bundle(&client).await?;
+    let crls_pem = match args.crl {
+        true => Some(request::fetch_crls(&client).await?),
+        false => None,
+    };
+    let dir = files::CertDir::new(&args.out);
+    dir.write(&files::Material {
+        chain_pem: issued.chain.clone(),
+        key_pem,
+        ca_pem,
+        crls_pem,
+    })?;
+    report_written(&dir, &issued);
+    Ok(())
+}
+
+async fn renew(args: RenewArgs) -> anyhow::Result<()> {
+    use crate::client::{files, request};
+    let dir = files::CertDir::new(&args.out);
+    let current = dir.read()?.with_context(|| {
+        format!(
+            "{} holds no certificate to renew; get one with sigil request",
+            args.out.display()
+        )
+    })?;
+    let client = crate::client::client_for_dir(&args.ca, &current.ca_pem).await?;
+    let (issued, key_pem) =
+        request::renew(&client, &current, args.key_type, args.ttl.as_deref()).await?;
+    // The bundle and CRLs are refreshed on the way; if that fails the renewal still counts.
+    let ca_pem = request::fetch_bundle(&client)
+        .await
+        .unwrap_or(current.ca_pem);
+    let crls_pem = match current.crls_pem {
+        Some(old) => Some(request::fetch_crls(&client).await.unwrap_or(old)),
+        None => None,
+    };
+    dir.write(&files::Material {
+        chain_pem: issued.chain.clone(),
+        key_pem,
+        ca_pem,
+        crls_pem,
+    })?;
+    report_written(&dir, &issued);
+    Ok(())
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let poll_interval =
+        crate::names::parse_duration(&args.poll_interval).map_err(|e| anyhow::anyhow!(e.detail))?;
+    crate::client::agent::run(crate::client::agent::AgentConfig {
+        ca: args.ca,
+        dir: crate::client::files::CertDir::new(&args.out),
+        token_file: args.token_file,
+        exec: args.exec,
+        pid_file: args.pid_file,
+        signal: args.signal,
+        crl: args.crl,
+        ttl: args.ttl,
+        key_type: args.key_type,
+        sans: parse_sans(&args.sans)?,
+        poll_interval,
+    })
+    .await
 }

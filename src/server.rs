@@ -213,8 +213,7 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
         &keyfile::read_secret(&files.server_key())?,
         &ca.root.der,
     )?;
-    let tls = Arc::new(ArcSwap::new(material.config(crl.current().as_deref())?));
-    tokio::spawn(swap_tls_on_new_crl(material, tls.clone(), crl.clone()));
+    let tls = Arc::new(ArcSwap::new(material.config()?));
     tokio::spawn(crl.clone().run());
     tokio::spawn(reload_policies_on_sighup(authority.clone()));
 
@@ -239,23 +238,6 @@ pub fn announce(report: &InitReport) {
     tracing::info!(root_fingerprint = %report.root_fingerprint, "root CA fingerprint (SHA-256)");
     if let Some(key) = &report.admin_key {
         eprintln!("admin key (shown once; also saved in admin.key, mode 0600):\n  {key}");
-    }
-}
-
-async fn swap_tls_on_new_crl(
-    material: http::tls::TlsMaterial,
-    tls: Arc<ArcSwap<rustls::ServerConfig>>,
-    crl: Arc<CrlPublisher>,
-) {
-    let mut rx = crl.subscribe();
-    while rx.changed().await.is_ok() {
-        let published = rx.borrow_and_update().clone();
-        match material.config(published.as_deref()) {
-            Ok(cfg) => tls.store(cfg),
-            Err(e) => {
-                tracing::error!(error = %e, "rebuilding TLS configuration with the new CRL failed")
-            }
-        }
     }
 }
 

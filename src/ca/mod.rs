@@ -482,7 +482,8 @@ fn ca_params(
     Ok(p)
 }
 
-fn san_type(san: &San) -> Result<SanType> {
+/// A parsed name as rcgen writes it into a certificate or CSR.
+pub fn san_type(san: &San) -> Result<SanType> {
     let ia5 = |s: &str| {
         s.to_string()
             .try_into()

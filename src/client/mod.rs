@@ -4,6 +4,14 @@
 //! root file (`--root`) or its SHA-256 fingerprint (`--fingerprint`); with a fingerprint the
 //! bundle is fetched once without verification, its root is checked against the
 //! fingerprint, and every later request verifies the server against that root.
+//!
+//! - [`files`]: the certificate directory, replaced a whole set at a time.
+//! - [`request`]: keys, CSRs, `POST /v1/sign` and `POST /v1/renew`.
+//! - [`agent`]: keeps a certificate directory fresh.
+
+pub mod agent;
+pub mod files;
+pub mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,14 +76,18 @@ pub enum ClientError {
     Refused(Problem),
     #[error("reaching the CA: {0:#}")]
     Unreachable(anyhow::Error),
+    /// A failure on this side: making a key, reading or writing files.
+    #[error("{0:#}")]
+    Local(anyhow::Error),
 }
 
 impl ClientError {
-    /// True for errors worth retrying: the CA or its database unreachable, or 5xx.
+    /// True for errors worth retrying: the CA or its database unreachable, or 5xx, or a
+    /// local failure such as a full disk.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Refused(p) => p.status >= 500 || p.status == 408 || p.status == 429,
-            ClientError::Unreachable(_) => true,
+            ClientError::Unreachable(_) | ClientError::Local(_) => true,
         }
     }
 }
@@ -334,6 +346,16 @@ impl CaClient {
             ));
         }
         Ok(Some((bytes.to_vec(), etag)))
+    }
+}
+
+/// A client for the CA that issued the certificate in a directory: trusting `--root` or
+/// `--fingerprint` when given, else the directory's own `ca.pem`.
+pub async fn client_for_dir(args: &CaArgs, ca_pem: &str) -> anyhow::Result<CaClient> {
+    if args.root.is_some() || args.fingerprint.is_some() {
+        CaClient::new(args).await
+    } else {
+        CaClient::with_root(&args.url, ca_pem.to_owned(), None)
     }
 }
 

@@ -31,7 +31,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
-/// The TLS client certificate chain of the connection, DER, leaf first.
+/// The TLS client certificate chain of the connection, DER, leaf first. The TLS layer has
+/// checked that it leads to the root, not that it is current: it may be expired or revoked,
+/// and whoever relies on it must check its status (renewal does, in the database).
 #[derive(Clone, Default)]
 pub struct PeerChain(pub Option<Arc<Vec<Vec<u8>>>>);
 

@@ -1,6 +1,8 @@
 //! The TLS listener. Client certificates are optional at the TLS layer (only `/v1/renew`
-//! needs one) and, when presented, must chain to this CA's root and not be listed in the
-//! current CRLs. A new CRL means a new `ServerConfig`, swapped in for the next handshake.
+//! needs one) and, when presented, must chain to this CA's root. Whether a certificate is
+//! revoked or expired is not judged here but by the authority from the database, which is
+//! fresher than any CRL and answers with a problem+json the client can act on; a handshake
+//! refused for those reasons would tell the client nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,15 +12,17 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{ServerConfig, SignatureScheme};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::PeerChain;
-use crate::crl::Published;
 
 /// A TLS handshake that has not finished by then is dropped, so slow clients cannot hold
 /// sockets open.
@@ -48,33 +52,19 @@ impl TlsMaterial {
         })
     }
 
-    /// A server configuration that checks client certificates against the root and `crls`.
-    pub fn config(&self, crls: Option<&Published>) -> anyhow::Result<Arc<ServerConfig>> {
+    /// A server configuration that takes an optional client certificate chaining to the root.
+    pub fn config(&self) -> anyhow::Result<Arc<ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots
             .add(self.root.clone())
             .context("adding root to the client verifier")?;
-        let crl_ders: Vec<CertificateRevocationListDer<'static>> = crls
-            .map(|p| {
-                vec![
-                    p.intermediate.der.to_vec().into(),
-                    p.root.der.to_vec().into(),
-                ]
-            })
-            .unwrap_or_default();
-        let mut builder =
+        let chain_only =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated();
-        if crl_ders.is_empty() {
-            // Before the first CRL exists the database check in renewal still refuses
-            // revoked certificates.
-        } else {
-            builder = builder.with_crls(crl_ders);
-        }
-        let verifier = builder
-            .build()
-            .context("building the client certificate verifier")?;
+                .allow_unauthenticated()
+                .build()
+                .context("building the client certificate verifier")?;
+        let verifier = Arc::new(ChainToRoot(chain_only));
         let mut cfg = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("choosing TLS versions")?
@@ -84,6 +74,77 @@ impl TlsMaterial {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
+}
+
+/// Accepts a client chain that leads to the root, also once the leaf has expired: the chain
+/// is then checked as of the leaf's last valid second, so that the authority can refuse the
+/// renewal with `certificate-expired` and the client learns to use a token. The handshake
+/// still proves that the client holds the certificate's key.
+#[derive(Debug)]
+struct ChainToRoot(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for ChainToRoot {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.0.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            )) => {
+                let last_valid = leaf_not_after(end_entity).ok_or(
+                    rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+                )?;
+                self.0
+                    .verify_client_cert(end_entity, intermediates, last_valid)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The last second at which a certificate is valid.
+fn leaf_not_after(der: &CertificateDer<'_>) -> Option<UnixTime> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains.
