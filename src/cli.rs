@@ -331,7 +331,7 @@ fn report_written(dir: &crate::client::files::CertDir, issued: &crate::client::r
         "wrote {} (serial {}, valid until {})",
         dir.path().display(),
         issued.serial,
-        issued.not_after
+        crate::client::request::rfc3339(issued.not_after)
     );
 }
 

@@ -20,7 +20,7 @@ use rand::Rng;
 use time::OffsetDateTime;
 
 use super::files::{CertDir, Material};
-use super::request::{self, Issued, KeyType, Leaf};
+use super::request::{self, rfc3339, Issued, KeyType, Leaf};
 use super::{CaArgs, CaClient, ClientError};
 
 /// First retry delay after a transient failure; doubled each time up to the cap.
@@ -189,7 +189,7 @@ impl Agent {
         let mut renew_at = match &self.current {
             Some(m) => {
                 let leaf = Leaf::of_chain(&m.chain_pem)?;
-                tracing::info!(dir = %self.cfg.dir.path().display(), serial = %leaf.serial, not_after = %leaf.not_after, "found a certificate");
+                tracing::info!(dir = %self.cfg.dir.path().display(), serial = %leaf.serial, not_after = %rfc3339(leaf.not_after), "found a certificate");
                 renewal_time(&leaf)
             }
             None => OffsetDateTime::now_utc(),
@@ -198,7 +198,7 @@ impl Agent {
         loop {
             let wake = renew_at.min(poll_at);
             let wait = (wake - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-            tracing::debug!(renew_at = %renew_at, poll_at = %poll_at, "sleeping");
+            tracing::debug!(renew_at = %rfc3339(renew_at), poll_at = %rfc3339(poll_at), "sleeping");
             tokio::time::sleep(wait.unsigned_abs()).await;
 
             let now = OffsetDateTime::now_utc();
@@ -257,15 +257,15 @@ impl Agent {
                 let leaf = Leaf::of_chain(&m.chain_pem)
                     .map_err(|e| Failure::Transient(ClientError::Local(e)))?;
                 if leaf.not_after <= OffsetDateTime::now_utc() {
-                    tracing::error!(serial = %leaf.serial, not_after = %leaf.not_after, "the certificate has expired and cannot be renewed");
+                    tracing::error!(serial = %leaf.serial, not_after = %rfc3339(leaf.not_after), "the certificate has expired and cannot be renewed");
                     None
                 } else {
-                    tracing::info!(serial = %leaf.serial, not_after = %leaf.not_after, "renewing");
+                    tracing::info!(serial = %leaf.serial, not_after = %rfc3339(leaf.not_after), "renewing");
                     match request::renew(&client, m, self.cfg.key_type, self.cfg.ttl.as_deref())
                         .await
                     {
                         Ok((issued, key_pem)) => {
-                            tracing::info!(serial = %issued.serial, renewed_from = %leaf.serial, not_after = %issued.not_after, "renewed");
+                            tracing::info!(serial = %issued.serial, renewed_from = %leaf.serial, not_after = %rfc3339(issued.not_after), "renewed");
                             return self.adopt(issued, key_pem);
                         }
                         Err(e) if e.is_transient() => return Err(Failure::Transient(e)),
@@ -302,7 +302,7 @@ impl Agent {
         {
             Ok((issued, key_pem)) => {
                 self.spent_token = Some(digest);
-                tracing::info!(serial = %issued.serial, not_after = %issued.not_after, "got a certificate with the token");
+                tracing::info!(serial = %issued.serial, not_after = %rfc3339(issued.not_after), "got a certificate with the token");
                 self.adopt(issued, key_pem)
             }
             Err(e) if e.is_transient() => Err(Failure::Transient(e)),
@@ -377,7 +377,7 @@ impl Agent {
                 self.bundle_etag = etag;
                 match String::from_utf8(bytes) {
                     Ok(pem) if pem != next.ca_pem => {
-                        tracing::info!("the trust bundle changed");
+                        tracing::info!("fetched a new trust bundle");
                         next.ca_pem = pem;
                     }
                     Ok(_) => {}
@@ -400,7 +400,7 @@ impl Agent {
                     self.crls_etag = etag;
                     match String::from_utf8(bytes) {
                         Ok(pem) if Some(&pem) != next.crls_pem.as_ref() => {
-                            tracing::info!("the CRLs changed");
+                            tracing::info!("fetched new CRLs");
                             next.crls_pem = Some(pem);
                         }
                         Ok(_) => {}
@@ -459,7 +459,7 @@ pub fn renewal_time(leaf: &Leaf) -> OffsetDateTime {
     let lifetime = leaf.lifetime();
     let jitter = rand::thread_rng().gen_range(-1.0..=1.0) / 15.0;
     let at = leaf.issued_at() + lifetime * (2.0 / 3.0 + jitter);
-    tracing::info!(serial = %leaf.serial, renew_at = %at, not_after = %leaf.not_after, "scheduled renewal");
+    tracing::info!(serial = %leaf.serial, renew_at = %rfc3339(at), not_after = %rfc3339(leaf.not_after), "scheduled renewal");
     at
 }
 

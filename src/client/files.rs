@@ -211,7 +211,7 @@ fn generation_name() -> anyhow::Result<String> {
         .map_err(|_| anyhow::anyhow!("the random generator failed"))?;
     let now = time::OffsetDateTime::now_utc();
     Ok(format!(
-        "{GENERATION_PREFIX}{}{:09}-{}",
+        "{GENERATION_PREFIX}{}.{:09}-{}",
         now.unix_timestamp(),
         now.nanosecond(),
         hex::encode(r)

@@ -124,6 +124,13 @@ impl Leaf {
     }
 }
 
+/// A time as logs and messages show it: RFC 3339, whole seconds, UTC.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 /// A PEM CSR for `key` asking for `sans`; with none, the CA fills in the names the token
 /// (or the certificate being renewed) allows. The subject is left empty: the CA sets it.
 pub fn make_csr(key: &KeyPair, sans: &[San]) -> anyhow::Result<String> {

@@ -1,0 +1,3 @@
+module sigil.example/certdir
+
+go 1.21
