@@ -141,7 +141,8 @@ impl Agent {
         let current = read_dir(&cfg.dir).await?;
         if current.is_none() && cfg.token_file.is_none() {
             bail!(
-                "{} holds no certificate yet; give --token-file with a bootstrap token (sigil token create)",
+                "{} holds no certificate yet; give --token-file with a bootstrap token \
+                 (sigil token create)",
                 cfg.dir.path().display()
             );
         }
@@ -189,7 +190,12 @@ impl Agent {
         let mut renew_at = match &self.current {
             Some(m) => {
                 let leaf = Leaf::of_chain(&m.chain_pem)?;
-                tracing::info!(dir = %self.cfg.dir.path().display(), serial = %leaf.serial, not_after = %rfc3339(leaf.not_after), "found a certificate");
+                tracing::info!(
+                    dir = %self.cfg.dir.path().display(),
+                    serial = %leaf.serial,
+                    not_after = %rfc3339(leaf.not_after),
+                    "found a certificate"
+                );
                 renewal_time(&leaf)
             }
             None => OffsetDateTime::now_utc(),
@@ -215,13 +221,23 @@ impl Agent {
                     Err(Failure::Transient(e)) => {
                         self.failures += 1;
                         let delay = self.backoff();
-                        tracing::warn!(error = %e, attempt = self.failures, retry_in = ?delay, "getting a certificate failed; the current files stay in place");
+                        tracing::warn!(
+                            error = %e,
+                            attempt = self.failures,
+                            retry_in = ?delay,
+                            "getting a certificate failed; the current files stay in place"
+                        );
                         now + delay
                     }
                     Err(Failure::Refused(e)) => {
                         self.failures = 0;
                         let delay = jittered(REFUSED_RETRY);
-                        tracing::error!(error = %e, retry_in = ?delay, "the CA refuses to renew this certificate; put a new bootstrap token in the token file, or ask an operator to re-enable the identity");
+                        tracing::error!(
+                            error = %e,
+                            retry_in = ?delay,
+                            "the CA refuses to renew this certificate; put a new bootstrap token \
+                             in the token file, or ask an operator to re-enable the identity"
+                        );
                         now + delay
                     }
                 };
@@ -257,20 +273,37 @@ impl Agent {
                 let leaf = Leaf::of_chain(&m.chain_pem)
                     .map_err(|e| Failure::Transient(ClientError::Local(e)))?;
                 if leaf.not_after <= OffsetDateTime::now_utc() {
-                    tracing::error!(serial = %leaf.serial, not_after = %rfc3339(leaf.not_after), "the certificate has expired and cannot be renewed");
+                    tracing::error!(
+                        serial = %leaf.serial,
+                        not_after = %rfc3339(leaf.not_after),
+                        "the certificate has expired and cannot be renewed"
+                    );
                     None
                 } else {
-                    tracing::info!(serial = %leaf.serial, not_after = %rfc3339(leaf.not_after), "renewing");
+                    tracing::info!(
+                        serial = %leaf.serial,
+                        not_after = %rfc3339(leaf.not_after),
+                        "renewing"
+                    );
                     match request::renew(&client, m, self.cfg.key_type, self.cfg.ttl.as_deref())
                         .await
                     {
                         Ok((issued, key_pem)) => {
-                            tracing::info!(serial = %issued.serial, renewed_from = %leaf.serial, not_after = %rfc3339(issued.not_after), "renewed");
+                            tracing::info!(
+                                serial = %issued.serial,
+                                renewed_from = %leaf.serial,
+                                not_after = %rfc3339(issued.not_after),
+                                "renewed"
+                            );
                             return self.adopt(issued, key_pem);
                         }
                         Err(e) if e.is_transient() => return Err(Failure::Transient(e)),
                         Err(e) => {
-                            tracing::error!(serial = %leaf.serial, error = %e, "the CA refused the renewal");
+                            tracing::error!(
+                                serial = %leaf.serial,
+                                error = %e,
+                                "the CA refused the renewal"
+                            );
                             Some(e)
                         }
                     }
@@ -289,7 +322,10 @@ impl Agent {
         let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
             .to_vec();
-        tracing::info!(dir = %self.cfg.dir.path().display(), "requesting a certificate with the token file");
+        tracing::info!(
+            dir = %self.cfg.dir.path().display(),
+            "requesting a certificate with the token file"
+        );
         let key_type = self.cfg.key_type.unwrap_or(KeyType::P256);
         match request::request(
             &client,
@@ -302,7 +338,11 @@ impl Agent {
         {
             Ok((issued, key_pem)) => {
                 self.spent_token = Some(digest);
-                tracing::info!(serial = %issued.serial, not_after = %rfc3339(issued.not_after), "got a certificate with the token");
+                tracing::info!(
+                    serial = %issued.serial,
+                    not_after = %rfc3339(issued.not_after),
+                    "got a certificate with the token"
+                );
                 self.adopt(issued, key_pem)
             }
             Err(e) if e.is_transient() => Err(Failure::Transient(e)),
@@ -388,7 +428,10 @@ impl Agent {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "refreshing the trust bundle failed; keeping the old one")
+                tracing::warn!(
+                    error = %e,
+                    "refreshing the trust bundle failed; keeping the old one"
+                )
             }
         }
         if self.cfg.crl {
@@ -420,7 +463,10 @@ impl Agent {
             match CaClient::with_root(client.base(), next.ca_pem.clone(), None) {
                 Ok(c) => self.client = Some(c),
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the new bundle cannot be used to reach the CA; keeping the old trust")
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "the new bundle cannot be used to reach the CA; keeping the old trust"
+                    )
                 }
             }
         }
@@ -448,7 +494,11 @@ impl Agent {
         }
         if let Some(path) = &self.cfg.pid_file {
             if let Err(e) = signal_pid_file(path, self.cfg.signal) {
-                tracing::warn!(pid_file = %path.display(), error = %format!("{e:#}"), "signalling the workload failed");
+                tracing::warn!(
+                    pid_file = %path.display(),
+                    error = %format!("{e:#}"),
+                    "signalling the workload failed"
+                );
             }
         }
     }
@@ -459,7 +509,12 @@ pub fn renewal_time(leaf: &Leaf) -> OffsetDateTime {
     let lifetime = leaf.lifetime();
     let jitter = rand::thread_rng().gen_range(-1.0..=1.0) / 15.0;
     let at = leaf.issued_at() + lifetime * (2.0 / 3.0 + jitter);
-    tracing::info!(serial = %leaf.serial, renew_at = %rfc3339(at), not_after = %rfc3339(leaf.not_after), "scheduled renewal");
+    tracing::info!(
+        serial = %leaf.serial,
+        renew_at = %rfc3339(at),
+        not_after = %rfc3339(leaf.not_after),
+        "scheduled renewal"
+    );
     at
 }
 
@@ -484,7 +539,11 @@ async fn write_dir(dir: &CertDir, m: Material) -> anyhow::Result<()> {
     match &result {
         Ok(()) => tracing::info!(dir = %dir.path().display(), "wrote new files"),
         Err(e) => {
-            tracing::error!(dir = %dir.path().display(), error = %format!("{e:#}"), "writing the certificate directory failed")
+            tracing::error!(
+                dir = %dir.path().display(),
+                error = %format!("{e:#}"),
+                "writing the certificate directory failed"
+            )
         }
     }
     result

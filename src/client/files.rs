@@ -195,7 +195,11 @@ impl CertDir {
             let is_generation = name.to_string_lossy().starts_with(GENERATION_PREFIX);
             if is_generation && !keep.iter().any(|k| k.as_os_str() == name) {
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(dir = %entry.path().display(), error = %e, "removing an old generation failed");
+                    tracing::warn!(
+                        dir = %entry.path().display(),
+                        error = %e,
+                        "removing an old generation failed"
+                    );
                 }
             }
         }

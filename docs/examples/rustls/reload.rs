@@ -2,7 +2,8 @@
 //! certificates and new CRLs for each new connection without a restart.
 //!
 //! ```text
-//! cargo run --example rustls_reload -- SERVER_DIR CLIENT_DIR SERVER_NAME ROUNDS INTERVAL_SECS [--expect-refused]
+//! cargo run --example rustls_reload -- \
+//!     SERVER_DIR CLIENT_DIR SERVER_NAME ROUNDS INTERVAL_SECS [--expect-refused]
 //! ```
 //!
 //! It connects ROUNDS times, INTERVAL_SECS apart, each time with a new handshake, and prints
@@ -175,7 +176,10 @@ async fn serve(listener: TcpListener, dir: Arc<CertDir>) {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        bail!("usage: rustls_reload SERVER_DIR CLIENT_DIR SERVER_NAME ROUNDS INTERVAL_SECS [--expect-refused]");
+        bail!(
+            "usage: rustls_reload SERVER_DIR CLIENT_DIR SERVER_NAME ROUNDS INTERVAL_SECS \
+             [--expect-refused]"
+        );
     }
     let server_dir = CertDir::open(Path::new(&args[0]))?;
     let client_dir = CertDir::open(Path::new(&args[1]))?;
