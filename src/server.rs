@@ -196,11 +196,7 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
         )
         .map_err(|e| anyhow::anyhow!("loading policies: {}", e.detail))?,
     );
-    tracing::info!(
-        policies = authority.policies().policies.len(),
-        provisioners = authority.policies().provisioners.len(),
-        "loaded policies"
-    );
+    log_policies(&authority.policies(), "loaded policies");
 
     let material = http::tls::TlsMaterial::from_pem(
         &std::fs::read_to_string(files.server_cert())?,
@@ -260,11 +256,23 @@ async fn reload_policies_on_sighup(authority: Arc<Authority>) {
     };
     while hup.recv().await.is_some() {
         match authority.reload_policies() {
-            Ok(n) => tracing::info!(policies = n, "reloaded policies"),
+            Ok(set) => log_policies(&set, "reloaded policies"),
             Err(e) => {
                 tracing::error!(error = %e.detail, "policy reload failed; the previous policies stay in force")
             }
         }
+    }
+}
+
+fn log_policies(set: &crate::policy::PolicySet, what: &str) {
+    tracing::info!(
+        policies = set.policies.len(),
+        provisioners = set.provisioners.len(),
+        files = set.files.len(),
+        "{what}"
+    );
+    for warning in &set.warnings {
+        tracing::warn!(warning = %warning, "policy setting does not do what it seems to");
     }
 }
 

@@ -261,6 +261,9 @@ struct Header {
     typ: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
+    /// Extensions the verifier must understand (RFC 7515, 4.1.11); sigil understands none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
 }
 
 /// A fresh `jti`: 128 random bits, base64url.
@@ -278,6 +281,7 @@ pub fn mint(key: &SigningKey, claims: &Claims) -> Result<String> {
         alg: key.algorithm().as_str().into(),
         typ: Some("JWT".into()),
         kid: None,
+        crit: None,
     };
     let h = B64.encode(serde_json::to_vec(&header).map_err(|e| Error::internal(e.to_string()))?);
     let c = B64.encode(serde_json::to_vec(claims).map_err(|e| Error::internal(e.to_string()))?);
@@ -332,6 +336,11 @@ pub fn parse(token: &str) -> Result<Unverified<'_>> {
             "token algorithm {:?} is not accepted; tokens must be signed with ES256 or EdDSA",
             header.alg
         )));
+    }
+    if header.crit.is_some() {
+        return Err(bad_token(
+            "token header has crit extensions, which this CA does not implement",
+        ));
     }
     let claims: Claims = serde_json::from_slice(&decode(c, "claims")?)
         .map_err(|e| bad_token(format!("token claims are incomplete or malformed: {e}")))?;
@@ -465,6 +474,9 @@ mod tests {
             let err = parse(&format!("{h}.{c}.")).err().unwrap();
             assert!(err.detail.contains("not accepted"), "{alg}: {}", err.detail);
         }
+        let crit = B64.encode(br#"{"alg":"ES256","crit":["exp"]}"#);
+        let err = parse(&format!("{crit}.{c}.")).err().unwrap();
+        assert!(err.detail.contains("crit"), "{}", err.detail);
         // EdDSA header against an ES256-pinned key.
         let (ed, _) = SigningKey::generate(Algorithm::EdDSA).unwrap();
         let t = mint(&ed, &claims(1000)).unwrap();
