@@ -180,13 +180,18 @@ fn parse_uri(s: &str) -> Result<String> {
     }
     // A dot segment names another path once resolved, so a policy that allows a prefix
     // could be escaped with one; SPIFFE IDs forbid them outright.
-    let path = rest[authority.len()..].split(['?', '#']).next().unwrap_or("");
+    let path = rest[authority.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
     let dot_segment = path.split('/').any(|seg| {
         let seg = seg.to_ascii_lowercase().replace("%2e", ".");
         seg == "." || seg == ".."
     });
     if dot_segment {
-        return Err(bad("has a . or .. path segment; write the path without them"));
+        return Err(bad(
+            "has a . or .. path segment; write the path without them",
+        ));
     }
     Ok(s.to_owned())
 }

@@ -751,7 +751,7 @@ impl PolicySet {
             return Err(Error::forbidden(
                 "identity-not-allowed",
                 format!(
-                    "provisioner {:?} ({}) may authorize only identities matching {}, not {:?}",
+                    "provisioner {:?} in {} may authorize only identities matching {}, not {:?}",
                     p.name,
                     p.source,
                     join(&p.identities),
@@ -873,7 +873,7 @@ impl PolicySet {
                 (
                     m,
                     format!(
-                        "max_cert_ttl of provisioner {:?} ({})",
+                        "max_cert_ttl of provisioner {:?} in {}",
                         prov.name, prov.source
                     ),
                 )
@@ -1237,12 +1237,12 @@ key_types = ["p256", "ed25519"]
         assert_eq!(d.max_ttl, Duration::from_secs(7200));
         assert!(d
             .max_ttl_reason
-            .contains("max_cert_ttl of provisioner \"ci\" (p.toml:3)"));
+            .contains("max_cert_ttl of provisioner \"ci\" in p.toml:3"));
 
         let e = decide(&set, "ci", "payments", &[], None).unwrap_err();
         assert_eq!(e.code, "identity-not-allowed");
         assert!(
-            e.detail.contains("\"ci\" (p.toml:3)") && e.detail.contains("ci-*"),
+            e.detail.contains("\"ci\" in p.toml:3") && e.detail.contains("ci-*"),
             "{}",
             e.detail
         );
