@@ -134,6 +134,11 @@ impl VerifyingKey {
     }
 }
 
+/// DER of a PKCS#8 v1 Ed25519 private key up to its 32-byte seed (RFC 8410, section 7).
+const ED25519_PKCS8_V1_PREFIX: &[u8] = &[
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 /// A provisioner's private key, used to mint tokens.
 pub enum SigningKey {
     Es256(EcdsaKeyPair),
@@ -148,11 +153,19 @@ impl SigningKey {
             Algorithm::ES256 => {
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                     .map_err(|_| Error::internal("generating an ES256 key"))?
+                    .as_ref()
+                    .to_vec()
             }
-            Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| Error::internal("generating an Ed25519 key"))?,
+            Algorithm::EdDSA => {
+                // ring writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key), which
+                // OpenSSL 3.0 cannot read; the v1 form (RFC 8410) is read everywhere.
+                let mut seed = [0u8; 32];
+                rng.fill(&mut seed)
+                    .map_err(|_| Error::internal("generating an Ed25519 key"))?;
+                [ED25519_PKCS8_V1_PREFIX, &seed].concat()
+            }
         };
-        let pem = crate::pem::encode("PRIVATE KEY", pkcs8.as_ref());
+        let pem = crate::pem::encode("PRIVATE KEY", &pkcs8);
         Ok((Self::from_pkcs8_pem(&pem)?, pem))
     }
 
