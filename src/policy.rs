@@ -502,23 +502,8 @@ impl PolicySet {
                 ),
             ));
         }
-        let key = match (&p.public_key, &p.public_key_file, &p.jwk) {
-            (Some(pem), None, None) => VerifyingKey::from_spki_pem(pem),
-            (None, Some(path), None) => {
-                let path = dir.join(path);
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        Error::malformed("bad-policy", format!("reading {}: {e}", path.display()))
-                    })
-                    .and_then(|pem| VerifyingKey::from_spki_pem(&pem))
-            }
-            (None, None, Some(jwk)) => VerifyingKey::from_jwk(jwk),
-            _ => Err(Error::malformed(
-                "bad-policy",
-                "give exactly one of public_key, public_key_file or jwk",
-            )),
-        }
-        .map_err(|e| place.error(at, format!("provisioner {name:?}: {}", e.detail)))?;
+        let key = provisioner_key(dir, &p)
+            .map_err(|e| place.error(at, format!("provisioner {name:?}: {}", e.detail)))?;
         let identities = place.identity_patterns(&p.identities)?;
         if identities.is_empty() {
             return Err(place.error(
@@ -526,45 +511,56 @@ impl PolicySet {
                 format!("provisioner {name:?} lists no identities; it could authorize nothing"),
             ));
         }
-        let server = &self.defaults;
+        let server_lifetime = self.defaults.max_token_lifetime;
         let lifetime = place.duration(&p.max_token_lifetime)?;
-        if let (Some(l), Some(s)) = (lifetime, &p.max_token_lifetime) {
-            if l > server.max_token_lifetime {
-                self.warnings.push(place.warning(
-                    s.span().start,
-                    format!(
-                        "provisioner {name:?}: max_token_lifetime {} is capped at the server's \
-                         max_token_lifetime of {}",
-                        format_duration(l),
-                        format_duration(server.max_token_lifetime)
-                    ),
-                ));
-            }
-        }
         let max_cert_ttl = place.duration(&p.max_cert_ttl)?;
-        if let (Some(m), Some(s)) = (max_cert_ttl, &p.max_cert_ttl) {
-            if m > server.max_ttl {
-                self.warnings.push(place.warning(
-                    s.span().start,
-                    format!(
-                        "provisioner {name:?}: max_cert_ttl {} is capped at the server's max_ttl \
-                         of {}",
-                        format_duration(m),
-                        format_duration(server.max_ttl)
-                    ),
-                ));
-            }
-        }
+        self.warn_if_capped(
+            place,
+            &p.max_token_lifetime,
+            server_lifetime,
+            &format!("provisioner {name:?}: max_token_lifetime"),
+            "max_token_lifetime",
+        );
+        self.warn_if_capped(
+            place,
+            &p.max_cert_ttl,
+            self.defaults.max_ttl,
+            &format!("provisioner {name:?}: max_cert_ttl"),
+            "max_ttl",
+        );
         Ok(Provisioner {
             name,
             key,
             identities,
-            max_token_lifetime: lifetime
-                .unwrap_or(server.max_token_lifetime)
-                .min(server.max_token_lifetime),
+            max_token_lifetime: lifetime.unwrap_or(server_lifetime).min(server_lifetime),
             max_cert_ttl,
             source: place.source(at),
         })
+    }
+
+    /// Records a warning when a duration setting exceeds the server's `server_setting`,
+    /// which caps it.
+    fn warn_if_capped(
+        &mut self,
+        place: &Place<'_>,
+        setting: &Option<Spanned<String>>,
+        limit: Duration,
+        what: &str,
+        server_setting: &str,
+    ) {
+        let Some(s) = setting else { return };
+        if let Ok(value) = parse_duration(s.get_ref()) {
+            if value > limit {
+                self.warnings.push(place.warning(
+                    s.span().start,
+                    format!(
+                        "{what} {} is capped at the server's {server_setting} of {}",
+                        format_duration(value),
+                        format_duration(limit)
+                    ),
+                ));
+            }
+        }
     }
 
     fn load_policy(&mut self, place: &Place<'_>, p: PolicyDoc) -> Result<Policy> {
@@ -586,114 +582,10 @@ impl PolicySet {
                 format!("policy {name:?} lists no identities; it would never apply"),
             ));
         }
-        let td = self.defaults.trust_domain.as_deref();
-        let mut rules = Vec::new();
-        for d in &p.dns {
-            let pat = dns_rule(d.get_ref(), td).map_err(|e| place.error(d.span().start, e))?;
-            rules.push(NameRule::Dns(pat));
-        }
-        for n in &p.ip {
-            let (net, len) = ip_rule(n.get_ref()).map_err(|e| place.error(n.span().start, e))?;
-            rules.push(NameRule::Ip(net, len, n.get_ref().clone()));
-        }
-        for u in &p.uri {
-            uri_rule(u.get_ref(), td).map_err(|e| place.error(u.span().start, e))?;
-            rules.push(NameRule::Uri(u.get_ref().clone()));
-        }
-        let names = match &p.allow_token_names {
-            Some(flag) if *flag.get_ref() => {
-                if !rules.is_empty() {
-                    return Err(place.error(
-                        flag.span().start,
-                        "allow_token_names = true cannot be combined with dns, ip or uri rules; \
-                         choose one",
-                    ));
-                }
-                if p.provisioners.is_none() {
-                    return Err(place.error(
-                        flag.span().start,
-                        "allow_token_names = true needs an explicit provisioners list, so that \
-                         it cannot reach tokens of every provisioner by accident",
-                    ));
-                }
-                Names::FromToken
-            }
-            _ => Names::Listed(rules),
-        };
-        let key_types = p
-            .key_types
-            .as_ref()
-            .map(|list| {
-                list.iter()
-                    .map(|k| {
-                        let kind = k.get_ref().to_ascii_lowercase();
-                        if KEY_TYPES.contains(&kind.as_str()) {
-                            Ok(kind)
-                        } else {
-                            Err(place.error(
-                                k.span().start,
-                                format!(
-                                    "key type {:?} is not one of {}",
-                                    k.get_ref(),
-                                    KEY_TYPES.join(", ")
-                                ),
-                            ))
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .transpose()?;
-        if key_types.as_ref().is_some_and(Vec::is_empty) {
-            return Err(place.error(at, format!("policy {name:?} has an empty key_types list")));
-        }
-        let (mut server_auth, mut client_auth) = (true, true);
-        if let Some(ekus) = &p.ekus {
-            (server_auth, client_auth) = (false, false);
-            for e in ekus.get_ref() {
-                match e.get_ref().as_str() {
-                    "server" => server_auth = true,
-                    "client" => client_auth = true,
-                    other => {
-                        return Err(place.error(
-                            e.span().start,
-                            format!("EKU {other:?} must be \"server\" or \"client\""),
-                        ))
-                    }
-                }
-            }
-            if !server_auth && !client_auth {
-                return Err(place.error(
-                    ekus.span().start,
-                    "ekus must list \"server\", \"client\" or both",
-                ));
-            }
-        }
-        let default_ttl = place.duration(&p.default_ttl)?;
-        let max_ttl = place.duration(&p.max_ttl)?;
-        if let (Some(d), Some(m), Some(s)) = (default_ttl, max_ttl, &p.default_ttl) {
-            if d > m {
-                return Err(place.error(
-                    s.span().start,
-                    format!(
-                        "default_ttl {} is longer than max_ttl {}",
-                        format_duration(d),
-                        format_duration(m)
-                    ),
-                ));
-            }
-        }
-        if let (Some(m), Some(s)) = (max_ttl, &p.max_ttl) {
-            if m > self.defaults.max_ttl {
-                self.warnings.push(place.warning(
-                    s.span().start,
-                    format!(
-                        "policy {name:?}: max_ttl {} is capped at the server's max_ttl of {}",
-                        format_duration(m),
-                        format_duration(self.defaults.max_ttl)
-                    ),
-                ));
-            }
-        }
+        let names = self.name_rules(place, &p)?;
+        let key_types = key_types(place, &name, at, p.key_types.as_deref())?;
+        let (server_auth, client_auth) = ekus(place, p.ekus.as_ref())?;
+        let (default_ttl, max_ttl) = self.policy_lifetimes(place, &name, &p)?;
         Ok(Policy {
             name,
             source: place.source(at),
@@ -709,6 +601,72 @@ impl PolicySet {
             client_auth,
             allow_wildcards: p.allow_wildcards,
         })
+    }
+
+    fn name_rules(&self, place: &Place<'_>, p: &PolicyDoc) -> Result<Names> {
+        let td = self.defaults.trust_domain.as_deref();
+        let mut rules = Vec::new();
+        for d in &p.dns {
+            let pat = dns_rule(d.get_ref(), td).map_err(|e| place.error(d.span().start, e))?;
+            rules.push(NameRule::Dns(pat));
+        }
+        for n in &p.ip {
+            let (net, len) = ip_rule(n.get_ref()).map_err(|e| place.error(n.span().start, e))?;
+            rules.push(NameRule::Ip(net, len, n.get_ref().clone()));
+        }
+        for u in &p.uri {
+            uri_rule(u.get_ref(), td).map_err(|e| place.error(u.span().start, e))?;
+            rules.push(NameRule::Uri(u.get_ref().clone()));
+        }
+        let Some(flag) = p.allow_token_names.as_ref().filter(|f| *f.get_ref()) else {
+            return Ok(Names::Listed(rules));
+        };
+        if !rules.is_empty() {
+            return Err(place.error(
+                flag.span().start,
+                "allow_token_names = true cannot be combined with dns, ip or uri rules; choose one",
+            ));
+        }
+        if p.provisioners.is_none() {
+            return Err(place.error(
+                flag.span().start,
+                "allow_token_names = true needs an explicit provisioners list, so that it cannot \
+                 reach tokens of every provisioner by accident",
+            ));
+        }
+        Ok(Names::FromToken)
+    }
+
+    /// The policy's default_ttl and max_ttl; a max_ttl above the server's is kept (the
+    /// server's caps it at evaluation) and reported.
+    fn policy_lifetimes(
+        &mut self,
+        place: &Place<'_>,
+        name: &str,
+        p: &PolicyDoc,
+    ) -> Result<(Option<Duration>, Option<Duration>)> {
+        let default_ttl = place.duration(&p.default_ttl)?;
+        let max_ttl = place.duration(&p.max_ttl)?;
+        if let (Some(d), Some(m), Some(s)) = (default_ttl, max_ttl, &p.default_ttl) {
+            if d > m {
+                return Err(place.error(
+                    s.span().start,
+                    format!(
+                        "default_ttl {} is longer than max_ttl {}",
+                        format_duration(d),
+                        format_duration(m)
+                    ),
+                ));
+            }
+        }
+        self.warn_if_capped(
+            place,
+            &p.max_ttl,
+            self.defaults.max_ttl,
+            &format!("policy {name:?}: max_ttl"),
+            "max_ttl",
+        );
+        Ok((default_ttl, max_ttl))
     }
 
     fn warn_about_shadowed_policies(&mut self) {
@@ -928,6 +886,85 @@ impl PolicySet {
             rule,
         })
     }
+}
+
+/// The public key of a provisioner, from exactly one of its three key fields.
+fn provisioner_key(dir: &Path, p: &ProvisionerDoc) -> Result<VerifyingKey> {
+    match (&p.public_key, &p.public_key_file, &p.jwk) {
+        (Some(pem), None, None) => VerifyingKey::from_spki_pem(pem),
+        (None, Some(path), None) => {
+            let path = dir.join(path);
+            let pem = std::fs::read_to_string(&path).map_err(|e| {
+                Error::malformed("bad-policy", format!("reading {}: {e}", path.display()))
+            })?;
+            VerifyingKey::from_spki_pem(&pem)
+        }
+        (None, None, Some(jwk)) => VerifyingKey::from_jwk(jwk),
+        _ => Err(Error::malformed(
+            "bad-policy",
+            "give exactly one of public_key, public_key_file or jwk",
+        )),
+    }
+}
+
+/// A policy's key_types, lowercase; `None` when the policy does not restrict them.
+fn key_types(
+    place: &Place<'_>,
+    policy: &str,
+    at: usize,
+    list: Option<&[Spanned<String>]>,
+) -> Result<Option<Vec<String>>> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    if list.is_empty() {
+        return Err(place.error(at, format!("policy {policy:?} has an empty key_types list")));
+    }
+    list.iter()
+        .map(|k| {
+            let kind = k.get_ref().to_ascii_lowercase();
+            if KEY_TYPES.contains(&kind.as_str()) {
+                Ok(kind)
+            } else {
+                Err(place.error(
+                    k.span().start,
+                    format!(
+                        "key type {:?} is not one of {}",
+                        k.get_ref(),
+                        KEY_TYPES.join(", ")
+                    ),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// (serverAuth, clientAuth) from a policy's ekus; both when it names none.
+fn ekus(place: &Place<'_>, ekus: Option<&Spanned<Vec<Spanned<String>>>>) -> Result<(bool, bool)> {
+    let Some(ekus) = ekus else {
+        return Ok((true, true));
+    };
+    let (mut server, mut client) = (false, false);
+    for e in ekus.get_ref() {
+        match e.get_ref().as_str() {
+            "server" => server = true,
+            "client" => client = true,
+            other => {
+                return Err(place.error(
+                    e.span().start,
+                    format!("EKU {other:?} must be \"server\" or \"client\""),
+                ))
+            }
+        }
+    }
+    if !server && !client {
+        return Err(place.error(
+            ekus.span().start,
+            "ekus must list \"server\", \"client\" or both",
+        ));
+    }
+    Ok((server, client))
 }
 
 /// The `*.toml` files of a policy directory in name order, skipping hidden files (editor

@@ -358,50 +358,7 @@ pub fn summary(settings: &Settings, set: &PolicySet) -> String {
              provisioner decides; anything else is refused):"
         );
         for (i, p) in set.policies.iter().enumerate() {
-            let names = match &p.names {
-                Names::FromToken => "whatever the token lists (allow_token_names)".to_owned(),
-                Names::Listed(rules) if rules.is_empty() => "none besides the SPIFFE ID".into(),
-                Names::Listed(rules) => list(rules),
-            };
-            let default = p
-                .default_ttl
-                .map(dur)
-                .unwrap_or_else(|| format!("{} (server)", dur(d.default_ttl)));
-            let max = match p.max_ttl {
-                Some(m) if m < d.max_ttl => dur(m),
-                _ => format!("{} (server)", dur(d.max_ttl)),
-            };
-            let mut usages = Vec::new();
-            if p.server_auth {
-                usages.push("server");
-            }
-            if p.client_auth {
-                usages.push("client");
-            }
-            let _ = writeln!(
-                out,
-                "  {}. {:?} ({})\n     identities:   {}\n     provisioners: {}\n     \
-                 names:        {names}\n     lifetime:     default {default}, at most {max}\n     \
-                 key types:    {}\n     key usages:   {}\n     wildcards:    {}",
-                i + 1,
-                p.name,
-                p.source,
-                list(&p.identities),
-                p.provisioners
-                    .as_deref()
-                    .map(list)
-                    .unwrap_or_else(|| "any".into()),
-                p.key_types
-                    .as_deref()
-                    .map(list)
-                    .unwrap_or_else(|| "any the CA accepts".into()),
-                usages.join(", "),
-                if p.allow_wildcards {
-                    "allowed"
-                } else {
-                    "refused"
-                },
-            );
+            out.push_str(&policy_block(i + 1, p, d));
         }
     }
     if !set.warnings.is_empty() {
@@ -418,6 +375,49 @@ pub fn summary(settings: &Settings, set: &PolicySet) -> String {
         set.files.len()
     );
     out
+}
+
+/// One numbered policy in the `check` report.
+fn policy_block(number: usize, p: &policy::Policy, d: &policy::Defaults) -> String {
+    let names = match &p.names {
+        Names::FromToken => "whatever the token lists (allow_token_names)".to_owned(),
+        Names::Listed(rules) if rules.is_empty() => "none besides the SPIFFE ID".into(),
+        Names::Listed(rules) => list(rules),
+    };
+    let default = p
+        .default_ttl
+        .map(dur)
+        .unwrap_or_else(|| format!("{} (server)", dur(d.default_ttl)));
+    let max = match p.max_ttl {
+        Some(m) if m < d.max_ttl => dur(m),
+        _ => format!("{} (server)", dur(d.max_ttl)),
+    };
+    let usages: Vec<&str> = [(p.server_auth, "server"), (p.client_auth, "client")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    format!(
+        "  {number}. {:?} ({})\n     identities:   {}\n     provisioners: {}\n     \
+         names:        {names}\n     lifetime:     default {default}, at most {max}\n     \
+         key types:    {}\n     key usages:   {}\n     wildcards:    {}\n",
+        p.name,
+        p.source,
+        list(&p.identities),
+        p.provisioners
+            .as_deref()
+            .map(list)
+            .unwrap_or_else(|| "any".into()),
+        p.key_types
+            .as_deref()
+            .map(list)
+            .unwrap_or_else(|| "any the CA accepts".into()),
+        usages.join(", "),
+        if p.allow_wildcards {
+            "allowed"
+        } else {
+            "refused"
+        },
+    )
 }
 
 /// A request as `policy explain` takes it.
