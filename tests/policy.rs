@@ -627,6 +627,47 @@ async fn spiffe_ids_with_a_trust_domain(backend: Backend) {
             &[outside, "policy \"ci jobs\""],
         );
     }
+
+    // Dot segments cannot walk out of the allowed prefix: refused as malformed, in the CSR
+    // and in the token alike (sigil token mint refuses them too, so the token is built here).
+    let escape = "spiffe://example.org/ci/../payments";
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(escape.try_into().unwrap())];
+    let escaping_csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let token = mint(&ci, "ci", "ci-7", &["localhost"]);
+    refused(
+        &sign(&s, &escaping_csr, &token, None).await,
+        400,
+        "bad-name",
+        &[escape, "path segment"],
+    );
+    let signer =
+        sigil::token::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&ci.key).unwrap())
+            .unwrap();
+    let now = sigil::authority::now_secs();
+    let claims = sigil::token::Claims {
+        iss: "ci".into(),
+        sub: "ci-7".into(),
+        sans: vec![escape.into()],
+        aud: vec!["sigil".into()],
+        iat: now,
+        nbf: now,
+        exp: now + 300,
+        jti: sigil::token::new_jti().unwrap(),
+    };
+    let token = sigil::token::mint(&signer, &claims).unwrap();
+    refused(
+        &sign(&s, &csr(&[]), &token, None).await,
+        401,
+        "bad-token",
+        &["token sans", "path segment"],
+    );
+    assert_eq!(
+        s.count("tokens").await,
+        2,
+        "only the two issuances spent tokens"
+    );
 }
 
 #[test]
