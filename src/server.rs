@@ -249,6 +249,12 @@ async fn swap_tls_on_new_crl(
     }
 }
 
+/// Reloads the policy directory on every SIGHUP; a set that fails to load leaves the one in
+/// force untouched.
+///
+/// Known shortcoming: each process reloads only on its own signal. Replicas sharing one
+/// database do not tell each other, so for a while they may decide by different sets until
+/// every one is signalled; a policy version stored in the database and polled would close that.
 async fn reload_policies_on_sighup(authority: Arc<Authority>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; policies will not reload");
