@@ -40,6 +40,12 @@ pub enum Command {
     /// Make bootstrap tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make provisioner keys, for minting tokens offline (CI)
+    #[command(subcommand)]
+    Provisioner(crate::policy_cmd::ProvisionerCommand),
+    /// Check policy files and explain what they allow, offline
+    #[command(subcommand)]
+    Policy(crate::policy_cmd::PolicyCommand),
 }
 
 /// Existing CA files for `sigil init` to adopt instead of creating new ones.
@@ -93,14 +99,14 @@ pub enum TokenCommand {
     },
     /// Mint a token offline with a provisioner's private key
     Mint {
-        /// PKCS#8 PEM private key of the provisioner (P-256 or Ed25519)
-        #[arg(long)]
+        /// PKCS#8 PEM private key of the provisioner (P-256 or Ed25519), mode 0600
+        #[arg(long, env = "SIGIL_PROVISIONER_KEY")]
         provisioner_key: PathBuf,
         /// Provisioner name, as the CA's policy directory defines it
-        #[arg(long)]
+        #[arg(long, env = "SIGIL_PROVISIONER")]
         provisioner: String,
         /// The CA's audience [default: sigil]
-        #[arg(long, default_value = "sigil")]
+        #[arg(long, env = "SIGIL_AUDIENCE", default_value = "sigil")]
         audience: String,
         /// Service identity
         #[arg(long)]
@@ -129,6 +135,8 @@ pub fn init_logging(json: bool) {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Provisioner(cmd) => crate::policy_cmd::run_provisioner(cmd),
+        Command::Policy(cmd) => crate::policy_cmd::run_policy(cmd),
         Command::Serve { args, addr_file } => {
             let settings = args.resolve()?;
             init_logging(settings.log_format == "json");
