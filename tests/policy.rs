@@ -785,13 +785,14 @@ fn policy_commands() {
     assert_eq!(std::fs::read(&key).unwrap(), before);
 }
 
-/// The shell blocks of docs/ci-certificates.md that hold `needle`, in order.
+/// The shell blocks of the README's "CI certificates" section that hold `needle`, in order.
 fn doc_blocks(needle: &str) -> Vec<String> {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ci-certificates.md"),
-    )
-    .unwrap();
-    doc.split("```sh\n")
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("\n## CI certificates\n").expect("README has a CI certificates section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map(|i| i + 3).unwrap_or(section.len());
+    section[..end].split("```sh\n")
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .filter(|b| b.contains(needle))
