@@ -41,6 +41,12 @@ pub enum Command {
     /// Make bootstrap tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make provisioner keys, for minting tokens offline (CI)
+    #[command(subcommand)]
+    Provisioner(crate::policy_cmd::ProvisionerCommand),
+    /// Check policy files and explain what they allow, offline
+    #[command(subcommand)]
+    Policy(crate::policy_cmd::PolicyCommand),
     /// Get a certificate with a bootstrap token; the key is made here and never sent
     Request(RequestArgs),
     /// Renew the certificate in a directory over mTLS, with a new key
@@ -188,14 +194,14 @@ pub enum TokenCommand {
     },
     /// Mint a token offline with a provisioner's private key
     Mint {
-        /// PKCS#8 PEM private key of the provisioner (P-256 or Ed25519)
-        #[arg(long)]
+        /// PKCS#8 PEM private key of the provisioner (P-256 or Ed25519), mode 0600
+        #[arg(long, env = "SIGIL_PROVISIONER_KEY")]
         provisioner_key: PathBuf,
         /// Provisioner name, as the CA's policy directory defines it
-        #[arg(long)]
+        #[arg(long, env = "SIGIL_PROVISIONER")]
         provisioner: String,
         /// The CA's audience [default: sigil]
-        #[arg(long, default_value = "sigil")]
+        #[arg(long, env = "SIGIL_AUDIENCE", default_value = "sigil")]
         audience: String,
         /// Service identity
         #[arg(long)]
@@ -212,9 +218,12 @@ pub enum TokenCommand {
 pub fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal; log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -224,6 +233,8 @@ pub fn init_logging(json: bool) {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Provisioner(cmd) => crate::policy_cmd::run_provisioner(cmd),
+        Command::Policy(cmd) => crate::policy_cmd::run_policy(cmd),
         Command::Request(args) => {
             init_logging(false);
             request(args).await

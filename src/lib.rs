@@ -8,6 +8,7 @@
 //! - [`store`]: the only module with SQL.
 //! - [`crl`]: builds, stores and publishes CRLs.
 //! - [`policy`], [`token`], [`names`]: the rules, the bootstrap tokens, the parsed names.
+//! - [`policy_cmd`]: offline commands to create provisioners and check or explain policies.
 //! - [`client`]: the client side of the command line.
 
 pub mod authority;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod names;
 pub mod pem;
 pub mod policy;
+pub mod policy_cmd;
 pub mod server;
 pub mod store;
 pub mod token;

@@ -178,6 +178,21 @@ fn parse_uri(s: &str) -> Result<String> {
     if !s.bytes().all(allowed) {
         return Err(bad("holds characters that must be percent-encoded"));
     }
+    // A dot segment names another path once resolved, so a policy that allows a prefix
+    // could be escaped with one; SPIFFE IDs forbid them outright.
+    let path = rest[authority.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
+    let dot_segment = path.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
+    if dot_segment {
+        return Err(bad(
+            "has a . or .. path segment; write the path without them",
+        ));
+    }
     Ok(s.to_owned())
 }
 
@@ -326,6 +341,7 @@ mod tests {
         );
         assert_eq!(San::parse("::1").unwrap(), San::Ip("::1".parse().unwrap()));
         assert!(San::parse("spiffe://example.org/payments").is_ok());
+        assert!(San::parse("spiffe://example.org/ci/..x/a.b").is_ok());
         assert!(San::parse("*.example.com").unwrap().is_wildcard());
         let unicode = San::parse("bücher.example").unwrap_err();
         assert!(unicode.detail.contains("punycode"), "{}", unicode.detail);
@@ -337,6 +353,9 @@ mod tests {
             "1.2.3.999",
             "spiffe://",
             "a.*.com",
+            "spiffe://example.org/ci/../payments",
+            "spiffe://example.org/ci/%2E%2e/payments",
+            "spiffe://example.org/./ci",
         ] {
             assert!(San::parse(bad).is_err(), "{bad}");
         }

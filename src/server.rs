@@ -202,11 +202,7 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
         )
         .map_err(|e| anyhow::anyhow!("loading policies: {}", e.detail))?,
     );
-    tracing::info!(
-        policies = authority.policies().policies.len(),
-        provisioners = authority.policies().provisioners.len(),
-        "loaded policies"
-    );
+    log_policies(&authority.policies(), "loaded policies");
 
     let material = http::tls::TlsMaterial::from_pem(
         &std::fs::read_to_string(files.server_cert())?,
@@ -241,6 +237,12 @@ pub fn announce(report: &InitReport) {
     }
 }
 
+/// Reloads the policy directory on every SIGHUP; a set that fails to load leaves the one in
+/// force untouched.
+///
+/// Known shortcoming: each process reloads only on its own signal. Replicas sharing one
+/// database do not tell each other, so for a while they may decide by different sets until
+/// every one is signalled; a policy version stored in the database and polled would close that.
 async fn reload_policies_on_sighup(authority: Arc<Authority>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; policies will not reload");
@@ -248,11 +250,23 @@ async fn reload_policies_on_sighup(authority: Arc<Authority>) {
     };
     while hup.recv().await.is_some() {
         match authority.reload_policies() {
-            Ok(n) => tracing::info!(policies = n, "reloaded policies"),
+            Ok(set) => log_policies(&set, "reloaded policies"),
             Err(e) => {
                 tracing::error!(error = %e.detail, "policy reload failed; the previous policies stay in force")
             }
         }
+    }
+}
+
+fn log_policies(set: &crate::policy::PolicySet, what: &str) {
+    tracing::info!(
+        policies = set.policies.len(),
+        provisioners = set.provisioners.len(),
+        files = set.files.len(),
+        "{what}"
+    );
+    for warning in &set.warnings {
+        tracing::warn!(warning = %warning, "policy setting does not do what it seems to");
     }
 }
 

@@ -134,6 +134,11 @@ impl VerifyingKey {
     }
 }
 
+/// DER of a PKCS#8 v1 Ed25519 private key up to its 32-byte seed (RFC 8410, section 7).
+const ED25519_PKCS8_V1_PREFIX: &[u8] = &[
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 /// A provisioner's private key, used to mint tokens.
 pub enum SigningKey {
     Es256(EcdsaKeyPair),
@@ -148,11 +153,19 @@ impl SigningKey {
             Algorithm::ES256 => {
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                     .map_err(|_| Error::internal("generating an ES256 key"))?
+                    .as_ref()
+                    .to_vec()
             }
-            Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| Error::internal("generating an Ed25519 key"))?,
+            Algorithm::EdDSA => {
+                // ring writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key), which
+                // OpenSSL 3.0 cannot read; the v1 form (RFC 8410) is read everywhere.
+                let mut seed = [0u8; 32];
+                rng.fill(&mut seed)
+                    .map_err(|_| Error::internal("generating an Ed25519 key"))?;
+                [ED25519_PKCS8_V1_PREFIX, &seed].concat()
+            }
         };
-        let pem = crate::pem::encode("PRIVATE KEY", pkcs8.as_ref());
+        let pem = crate::pem::encode("PRIVATE KEY", &pkcs8);
         Ok((Self::from_pkcs8_pem(&pem)?, pem))
     }
 
@@ -261,6 +274,9 @@ struct Header {
     typ: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
+    /// Extensions the verifier must understand (RFC 7515, 4.1.11); sigil understands none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
 }
 
 /// A fresh `jti`: 128 random bits, base64url.
@@ -278,6 +294,7 @@ pub fn mint(key: &SigningKey, claims: &Claims) -> Result<String> {
         alg: key.algorithm().as_str().into(),
         typ: Some("JWT".into()),
         kid: None,
+        crit: None,
     };
     let h = B64.encode(serde_json::to_vec(&header).map_err(|e| Error::internal(e.to_string()))?);
     let c = B64.encode(serde_json::to_vec(claims).map_err(|e| Error::internal(e.to_string()))?);
@@ -332,6 +349,11 @@ pub fn parse(token: &str) -> Result<Unverified<'_>> {
             "token algorithm {:?} is not accepted; tokens must be signed with ES256 or EdDSA",
             header.alg
         )));
+    }
+    if header.crit.is_some() {
+        return Err(bad_token(
+            "token header has crit extensions, which this CA does not implement",
+        ));
     }
     let claims: Claims = serde_json::from_slice(&decode(c, "claims")?)
         .map_err(|e| bad_token(format!("token claims are incomplete or malformed: {e}")))?;
@@ -465,6 +487,9 @@ mod tests {
             let err = parse(&format!("{h}.{c}.")).err().unwrap();
             assert!(err.detail.contains("not accepted"), "{alg}: {}", err.detail);
         }
+        let crit = B64.encode(br#"{"alg":"ES256","crit":["exp"]}"#);
+        let err = parse(&format!("{crit}.{c}.")).err().unwrap();
+        assert!(err.detail.contains("crit"), "{}", err.detail);
         // EdDSA header against an ES256-pinned key.
         let (ed, _) = SigningKey::generate(Algorithm::EdDSA).unwrap();
         let t = mint(&ed, &claims(1000)).unwrap();

@@ -139,13 +139,12 @@ impl Authority {
         self.policies.load_full()
     }
 
-    /// Loads the policy directory again. On error the set in force stays, and the error is
-    /// returned for the log.
-    pub fn reload_policies(&self) -> Result<usize> {
-        let set = load_policies(&self.settings, &self.admin_signer)?;
-        let n = set.policies.len();
-        self.policies.store(Arc::new(set));
-        Ok(n)
+    /// Loads the policy directory again and puts the new set in force, returning it. On
+    /// error the set in force stays, and the error is returned for the log.
+    pub fn reload_policies(&self) -> Result<Arc<PolicySet>> {
+        let set = Arc::new(load_policies(&self.settings, &self.admin_signer)?);
+        self.policies.store(set.clone());
+        Ok(set)
     }
 
     /// Issues a certificate for a CSR, authorized by a bootstrap token.
@@ -214,13 +213,17 @@ impl Authority {
             }
 
             // Step 4: policy decides names, lifetime and key type for this identity.
-            let decision = policies.evaluate(&policy::Request {
-                provisioner,
-                identity: &identity,
-                sans: &sans,
-                ttl,
-                key: Some(csr.key_kind),
-            })?;
+            let decision = policies
+                .evaluate(&policy::Request {
+                    provisioner,
+                    identity: &identity,
+                    sans: &sans,
+                    ttl,
+                    key: Some(csr.key_kind),
+                })
+                .inspect_err(|e| {
+                    tracing::info!(service = %identity, provisioner = %provisioner.name, jti = %claims.jti, code = e.code, reason = %e.detail, "policy refused certificate");
+                })?;
 
             // Step 5: the signer signs the decided template.
             let signed = sign_template(&ca, &settings, &identity, &csr, decision, spiffe, now)?;
@@ -595,16 +598,7 @@ fn check_reason(reason: &str) -> Result<()> {
 }
 
 fn load_policies(settings: &Settings, admin_signer: &SigningKey) -> Result<PolicySet> {
-    let defaults = policy::Defaults {
-        default_ttl: settings.default_ttl,
-        max_ttl: settings.max_ttl,
-        max_token_lifetime: settings.max_token_lifetime,
-        trust_domain: settings.trust_domain.clone(),
-    };
-    match &settings.policies {
-        Some(dir) => PolicySet::load(dir, admin_signer.verifying_key(), defaults),
-        None => Ok(PolicySet::builtin(admin_signer.verifying_key(), defaults)),
-    }
+    PolicySet::from_settings(settings, admin_signer.verifying_key())
 }
 
 fn parse_token_sans(claims: &Claims) -> Result<Vec<San>> {
