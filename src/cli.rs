@@ -20,9 +20,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `serve` settings combine, shown under its options.
+const SETTINGS_HELP: &str = "Settings: each option above but --data-dir and --addr-file may \
+also be set in DATA_DIR/sigil.toml under its name with underscores (db_max_connections = 32, \
+dns = [\"ca.internal\"]); its environment variable overrides the file, and the flag overrides \
+both. The log level is read from SIGIL_LOG [default: info], for example SIGIL_LOG=sigil=debug.";
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the CA; initializes an empty data directory on first start
+    #[command(after_help = SETTINGS_HELP)]
     Serve {
         #[command(flatten)]
         args: ServeArgs,
@@ -87,8 +94,11 @@ pub enum TokenCommand {
 pub fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into a file or a collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();

@@ -446,13 +446,10 @@ impl Authority {
         }
         match found {
             Some(key_id) => Ok(AdminCaller { key_id }),
-            None => {
-                self.metrics.refusal("bad-admin-key");
-                Err(Error::unauthenticated(
-                    "bad-admin-key",
-                    "admin key is not valid",
-                ))
-            }
+            None => Err(Error::unauthenticated(
+                "bad-admin-key",
+                "admin key is not valid",
+            )),
         }
     }
 

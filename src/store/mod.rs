@@ -233,9 +233,13 @@ impl Store {
         self.backend
     }
 
-    /// Connections in use and idle, for metrics.
-    pub fn pool_usage(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
+    /// Connections open and idle, and the most the pool may open, for metrics.
+    pub fn pool_usage(&self) -> (u32, usize, u32) {
+        (
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        )
     }
 
     /// Answers whether the database takes a query now.
@@ -251,7 +255,8 @@ impl Store {
     /// # Errors
     ///
     /// `token-replayed` (401) when the token was already spent, here or at another replica;
-    /// `identity-disabled` (403) when the identity has been disabled.
+    /// `identity-disabled` (403) when the identity has been disabled; `certificate-revoked`
+    /// (403) when the certificate a renewal replaces has been revoked.
     pub async fn record_issuance(
         &self,
         cert: &NewCertificate,
@@ -302,6 +307,27 @@ impl Store {
                     cert.identity
                 ),
             ));
+        }
+        if let Some(old) = &cert.renewed_from {
+            // A renewal checked its certificate before signing; a revocation committed since
+            // must still win. The no-op update takes the old row's lock, after the identity's
+            // (the order identity revocation uses too, so the two cannot deadlock).
+            let still_active = sqlx::query(
+                "UPDATE certificates SET status = status WHERE serial = $1 AND status = 'active'",
+            )
+            .bind(old)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if still_active == 0 {
+                return Err(Error::forbidden(
+                    "certificate-revoked",
+                    format!(
+                        "certificate {old} was revoked while it was being renewed; request a new \
+                         one with a token"
+                    ),
+                ));
+            }
         }
         sqlx::query(
             "INSERT INTO certificates (serial, issuer_key_id, identity, sans, not_before, \
