@@ -199,6 +199,101 @@ async fn a_replica_killed_mid_load_sent_only_recorded_certificates() {
     assert_eq!(distinct.len(), received.len());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_identity_races_issuance_at_both_replicas() {
+    let a = Server::start(Backend::Postgres).await;
+    let b = a.replica().await;
+    let queue = Arc::new(Mutex::new(tokens(&a, 200).await));
+    let revoked_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    // (sent at, status, problem code or serial)
+    let results = Arc::new(Mutex::new(Vec::<(Instant, u16, String)>::new()));
+
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let target = if w % 2 == 0 { &a } else { &b };
+        let (http, url) = (target.http(), target.url.clone());
+        let (queue, results) = (queue.clone(), results.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some(token) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let sent = Instant::now();
+                let answer = post_sign(&http, &url, &token).await.expect("sign request");
+                let what = match answer.status {
+                    201 => answer.body["serial"].as_str().expect("serial").to_owned(),
+                    _ => answer.body["code"].as_str().unwrap_or_default().to_owned(),
+                };
+                results.lock().unwrap().push((sent, answer.status, what));
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while results.lock().unwrap().len() < 40 {
+        assert!(Instant::now() < deadline, "no issuance under way");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resp = a
+        .http()
+        .post(format!("{}/v1/admin/services/load/revoke", a.url))
+        .bearer_auth(a.admin_key())
+        .json(&json!({ "reason": "keyCompromise" }))
+        .send()
+        .await
+        .expect("identity revocation");
+    *revoked_at.lock().unwrap() = Some(Instant::now());
+    assert_eq!(resp.status(), 200);
+    let revoked = resp.json::<Value>().await.expect("json")["revoked"]
+        .as_u64()
+        .expect("revoked count");
+    for w in workers {
+        w.await.expect("worker");
+    }
+
+    // Each issuance committed either before the revocation, which then revoked it, or after,
+    // when it saw the identity disabled. No active certificate is left behind.
+    let answered = revoked_at.lock().unwrap().expect("revocation time");
+    let results = results.lock().unwrap().clone();
+    let issued: Vec<&String> = results
+        .iter()
+        .filter(|(_, status, _)| *status == 201)
+        .map(|(_, _, serial)| serial)
+        .collect();
+    for (sent, status, what) in &results {
+        match status {
+            201 => assert!(
+                *sent < answered,
+                "certificate {what} issued after the revocation"
+            ),
+            403 => assert_eq!(what, "identity-disabled"),
+            other => panic!("unexpected answer {other} {what}"),
+        }
+    }
+    assert!(
+        issued.len() >= 40 && issued.len() < results.len(),
+        "{}",
+        issued.len()
+    );
+    assert_eq!(
+        revoked,
+        issued.len() as u64,
+        "the revocation missed certificates"
+    );
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&a.database_url)
+        .await
+        .expect("db");
+    let active: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM certificates WHERE identity = 'load' AND status = 'active'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("count")
+    .try_get("n")
+    .expect("n");
+    assert_eq!(active, 0);
+}
+
 /// The CRL number and serials of the intermediate CRL a replica serves now.
 async fn served_crl(s: &Server) -> (u64, HashSet<String>) {
     let der = s

@@ -5,12 +5,15 @@
 //! speak: `$n` placeholders, times as integer seconds, `ON CONFLICT`, `RETURNING`. Where a
 //! backend has the better tool (PostgreSQL advisory locks) it is used behind this interface.
 //!
-//! Every write transaction starts with a write statement. SQLite then takes its write lock
-//! at the first statement and waits for it under `busy_timeout`, instead of failing a
-//! read-to-write upgrade with `SQLITE_BUSY`.
+//! Every write transaction begins with `begin_write` and starts with a write statement.
+//! SQLite writers of this process queue in order at a gate there; SQLite then takes its
+//! write lock at the first statement, waiting under `busy_timeout` only for another process
+//! (a command-line tool on the same file), instead of failing a read-to-write upgrade with
+//! `SQLITE_BUSY`.
 
 mod migrate;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -37,7 +40,17 @@ const CRL_LOCK_KEY: i64 = 0x7369_6769_6c63_726c;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: write transactions queue here, in arrival order, for the one write lock.
+    /// SQLite's own wait for that lock (`busy_timeout`) sleeps and polls, which under load
+    /// lets some writers wait seconds while later ones go first.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
+
+/// A write transaction, holding its place in SQLite's queue of writers until it ends.
+type WriteTx = (
+    Option<tokio::sync::OwnedMutexGuard<()>>,
+    sqlx::Transaction<'static, sqlx::Any>,
+);
 
 /// A token being spent by an issuance.
 #[derive(Debug, Clone)]
@@ -226,7 +239,22 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
         migrate::run(&pool, backend).await?;
-        Ok(Store { pool, backend })
+        let write_gate =
+            (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store {
+            pool,
+            backend,
+            write_gate,
+        })
+    }
+
+    /// Begins a transaction that writes; every write transaction starts here.
+    async fn begin_write(&self) -> Result<WriteTx> {
+        let turn = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        Ok((turn, self.pool.begin().await?))
     }
 
     pub fn backend(&self) -> Backend {
@@ -262,7 +290,7 @@ impl Store {
         cert: &NewCertificate,
         audit: &NewAuditEvent,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         if let Some(token) = &cert.token {
             let spent = sqlx::query(
                 "INSERT INTO tokens (jti, provisioner, identity, expires_at, consumed_at) \
@@ -285,17 +313,29 @@ impl Store {
             }
             spent?;
         }
-        // The upsert takes the identity's row lock, which orders this issuance against a
-        // concurrent identity revocation: either the revocation sees this certificate, or
-        // this issuance sees the identity disabled.
-        let enabled: i64 = sqlx::query(
+        // The identity's row orders this issuance against a concurrent identity revocation:
+        // either the revocation sees this certificate, or this issuance sees the identity
+        // disabled. On PostgreSQL the row is locked in share mode, so that issuances for one
+        // identity (a fleet starting at once) do not queue behind each other's commits, while
+        // a revocation's update waits for all of them and later issuances wait for it.
+        // SQLite's single writer orders everything already. `last_issued_at` is therefore
+        // written only with the row: updating it per issuance would take the row exclusively.
+        sqlx::query(
             "INSERT INTO identities (name, enabled, changed_at, last_issued_at) \
-             VALUES ($1, 1, $2, $2) \
-             ON CONFLICT (name) DO UPDATE SET last_issued_at = excluded.last_issued_at \
-             RETURNING enabled",
+             VALUES ($1, 1, $2, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&cert.identity)
         .bind(cert.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let enabled: i64 = sqlx::query(&format!(
+            "SELECT enabled FROM identities WHERE name = $1{lock}"
+        ))
+        .bind(&cert.identity)
         .fetch_one(&mut *tx)
         .await?
         .try_get("enabled")?;
@@ -357,7 +397,7 @@ impl Store {
 
     /// Writes one audit event on its own.
     pub async fn audit(&self, at: i64, event: &NewAuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         insert_audit(&mut tx, at, event).await?;
         tx.commit().await?;
         Ok(())
@@ -393,7 +433,7 @@ impl Store {
         now: i64,
         actor: &str,
     ) -> Result<Revocation> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let first = sqlx::query(
             "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
              WHERE serial = $1 AND status = 'active'",
@@ -458,7 +498,7 @@ impl Store {
         now: i64,
         actor: &str,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO identities (name, enabled, changed_at) VALUES ($1, 0, $2) \
              ON CONFLICT (name) DO UPDATE SET enabled = 0, changed_at = excluded.changed_at",
@@ -502,7 +542,7 @@ impl Store {
 
     /// Enables an identity again.
     pub async fn enable_identity(&self, identity: &str, now: i64, actor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO identities (name, enabled, changed_at) VALUES ($1, 1, $2) \
              ON CONFLICT (name) DO UPDATE SET enabled = 1, changed_at = excluded.changed_at",
@@ -598,7 +638,7 @@ impl Store {
     }
 
     pub async fn insert_admin_key(&self, id: &str, hash_hex: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query("INSERT INTO admin_keys (id, hash, created_at) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(hash_hex)
@@ -652,7 +692,7 @@ impl Store {
     /// Draws the next CRL number for `scope`. Numbers only grow, across restarts and
     /// replicas, because they come from one counter row updated atomically.
     pub async fn next_crl_number(&self, scope: &str) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let n: i64 = sqlx::query(
             "INSERT INTO crls (scope, last_number) VALUES ($1, 1) \
              ON CONFLICT (scope) DO UPDATE SET last_number = crls.last_number + 1 \
@@ -693,7 +733,7 @@ impl Store {
 
     /// Publishes a CRL unless a newer one is already stored. Returns whether it was stored.
     pub async fn store_crl(&self, scope: &str, crl: &StoredCrl) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let stored = sqlx::query(
             "UPDATE crls SET number = $2, this_update = $3, next_update = $4, entries = $5, \
              der = $6 WHERE scope = $1 AND (number IS NULL OR number < $2)",
