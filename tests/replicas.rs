@@ -183,6 +183,12 @@ async fn a_replica_killed_mid_load_sent_only_recorded_certificates() {
     }
 
     let received = received.lock().unwrap().clone();
+    eprintln!(
+        "kill: {} certificates received, {} of them from b, {} after the kill",
+        received.len(),
+        received.iter().filter(|(r, _)| *r == 1).count(),
+        received.len() - at_kill
+    );
     assert!(
         received.len() > at_kill,
         "replica a stopped issuing when b was killed"
@@ -377,6 +383,11 @@ async fn a_revocation_reaches_the_other_replica_crl_in_time() {
             let (number, listed) = served_crl(other).await;
             if listed.contains(&serial) {
                 assert!(number > before, "a CRL listing a new entry kept its number");
+                eprintln!(
+                    "round {round}: CRL {number} at the other replica lists the revocation \
+                     after {:?}",
+                    revoked_at.elapsed()
+                );
                 break;
             }
             assert!(

@@ -391,6 +391,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         insert_audit(&mut tx, cert.created_at, audit).await?;
+        // Known shortcoming: when the database commits but the connection dies before its
+        // answer arrives, the caller gets 503 while the token is spent, and a retry with the
+        // same token is refused as replayed; answering such a retry (same jti, same public
+        // key) with the recorded certificate would make the retry safe.
         tx.commit().await?;
         Ok(())
     }
