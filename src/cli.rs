@@ -21,9 +21,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `serve` settings combine, shown under its options.
+const SETTINGS_HELP: &str = "Settings: each option above but --data-dir and --addr-file may \
+also be set in DATA_DIR/sigil.toml under its name with underscores (db_max_connections = 32, \
+dns = [\"ca.internal\"]); its environment variable overrides the file, and the flag overrides \
+both. The log level is read from SIGIL_LOG [default: info], for example SIGIL_LOG=sigil=debug.";
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the CA; initializes an empty data directory on first start
+    #[command(after_help = SETTINGS_HELP)]
     Serve {
         #[command(flatten)]
         args: ServeArgs,

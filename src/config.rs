@@ -31,6 +31,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
     /// Directory of policy files (*.toml); without it, only admin-made tokens are honoured
+    /// [default: none]
     #[arg(long, env = "SIGIL_POLICIES")]
     pub policies: Option<PathBuf>,
     /// Public base URL of this CA, as peers reach it; used in CRL distribution points
@@ -41,6 +42,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_AUDIENCE")]
     pub audience: Option<String>,
     /// SPIFFE trust domain; when set, every certificate carries spiffe://DOMAIN/IDENTITY
+    /// [default: none]
     #[arg(long, env = "SIGIL_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
     /// Certificate lifetime when neither request nor policy names one [default: 24h]
@@ -61,10 +63,10 @@ pub struct ServeArgs {
     /// Longest delay between a revocation and the CRL that lists it [default: 5s]
     #[arg(long, env = "SIGIL_CRL_PUBLISH_DELAY")]
     pub crl_publish_delay: Option<String>,
-    /// Extra DNS names for the server's own TLS certificate (repeatable)
+    /// Extra DNS names for the server's own TLS certificate (repeatable) [default: none]
     #[arg(long = "dns", env = "SIGIL_DNS", value_delimiter = ',')]
     pub dns: Vec<String>,
-    /// Extra IP addresses for the server's own TLS certificate (repeatable)
+    /// Extra IP addresses for the server's own TLS certificate (repeatable) [default: none]
     #[arg(long = "ip", env = "SIGIL_IP", value_delimiter = ',')]
     pub ip: Vec<IpAddr>,
     /// Organization name in the CA certificates made on first start [default: sigil]

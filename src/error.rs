@@ -86,15 +86,67 @@ impl std::error::Error for Error {}
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
+        let outage = match &e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => {
-                Error::unavailable(format!("the database is unreachable: {e}"))
-            }
-            _ => Error::internal(format!("database error: {e}")),
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| is_outage_code(&c)),
+            _ => false,
+        };
+        if outage {
+            Error::unavailable(format!("the database is unreachable: {e}"))
+        } else {
+            Error::internal(format!("database error: {e}"))
         }
+    }
+}
+
+/// Whether a database error code means the database is going away, coming back or out of
+/// room for connections, rather than that the statement was wrong: the request may succeed
+/// when retried, so the caller gets 503 and not 500.
+///
+/// PostgreSQL codes are five-character SQLSTATEs: class 08 (connection exception), 57P01 to
+/// 57P03 (administrator shutdown, crash shutdown, cannot connect now) and 53300 (too many
+/// connections). SQLite codes are numbers whose low byte is the primary result code:
+/// SQLITE_BUSY (5) and SQLITE_LOCKED (6), left when `busy_timeout` ran out.
+pub fn is_outage_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300");
+    }
+    code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_codes_are_unavailable_and_others_internal() {
+        for code in [
+            "08000", "08003", "08006", "57P01", "57P02", "57P03", "53300", "5", "517", "6",
+        ] {
+            assert!(is_outage_code(code), "{code}");
+        }
+        // Unique violation, syntax error, serialization failure, SQLITE_CONSTRAINT_UNIQUE.
+        for code in ["23505", "42601", "40001", "2067", "19", ""] {
+            assert!(!is_outage_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn connection_failures_map_to_unavailable() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            Error::from(sqlx::Error::Io(refused)).kind,
+            Kind::Unavailable
+        );
+        assert_eq!(
+            Error::from(sqlx::Error::PoolTimedOut).kind,
+            Kind::Unavailable
+        );
+        assert_eq!(Error::from(sqlx::Error::RowNotFound).kind, Kind::Internal);
     }
 }

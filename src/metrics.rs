@@ -90,6 +90,7 @@ pub struct Gauges {
     pub crl: Vec<(String, i64, usize, i64)>,
     pub pool_size: u32,
     pub pool_idle: usize,
+    pub pool_max: u32,
     pub ca_not_after: Vec<(String, i64)>,
     pub now: i64,
 }
@@ -198,11 +199,18 @@ impl Metrics {
         for (scope, _, _, number) in &g.crl {
             let _ = writeln!(out, "sigil_crl_number{{scope=\"{scope}\"}} {number}");
         }
+        let in_use = (g.pool_size as usize).saturating_sub(g.pool_idle);
         let _ = writeln!(
             out,
-            "# HELP sigil_db_pool_connections Database connections, by state.\n# TYPE sigil_db_pool_connections gauge\n\
-             sigil_db_pool_connections{{state=\"open\"}} {}\nsigil_db_pool_connections{{state=\"idle\"}} {}",
-            g.pool_size, g.pool_idle
+            "# HELP sigil_db_pool_connections Database connections of this replica, by state.\n\
+             # TYPE sigil_db_pool_connections gauge\n\
+             sigil_db_pool_connections{{state=\"open\"}} {}\n\
+             sigil_db_pool_connections{{state=\"idle\"}} {}\n\
+             sigil_db_pool_connections{{state=\"in_use\"}} {in_use}\n\
+             # HELP sigil_db_pool_max_connections Most database connections this replica opens.\n\
+             # TYPE sigil_db_pool_max_connections gauge\n\
+             sigil_db_pool_max_connections {}",
+            g.pool_size, g.pool_idle, g.pool_max
         );
         let _ = writeln!(out, "# HELP sigil_ca_expiry_seconds Seconds until each CA certificate expires.\n# TYPE sigil_ca_expiry_seconds gauge");
         for (which, not_after) in &g.ca_not_after {

@@ -227,13 +227,14 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
     Ok(())
 }
 
-/// Logs what an operator must know once: where the root is and its fingerprint, and the
-/// admin key when one was just made. The admin key goes to standard error only, not the log
-/// stream, so a log shipper does not collect it.
+/// Logs what an operator must know once: the root fingerprint, and where a new admin key
+/// is. The key itself is neither logged nor printed: everything `serve` writes ends up with
+/// a log collector (a container runtime keeps standard error too), so the key stays in
+/// `admin.key` (0600) only. `sigil init`, run by an operator, prints it once instead.
 pub fn announce(report: &InitReport) {
     tracing::info!(root_fingerprint = %report.root_fingerprint, "root CA fingerprint (SHA-256)");
-    if let Some(key) = &report.admin_key {
-        eprintln!("admin key (shown once; also saved in admin.key, mode 0600):\n  {key}");
+    if report.admin_key.is_some() {
+        tracing::info!("the first admin key is in admin.key in the data directory (mode 0600)");
     }
 }
 

@@ -165,7 +165,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let (pool_size, pool_idle) = state.store.pool_usage();
+    let (pool_size, pool_idle, pool_max) = state.store.pool_usage();
     let crl = state
         .crl
         .current()
@@ -190,6 +190,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         crl,
         pool_size,
         pool_idle,
+        pool_max,
         ca_not_after: vec![
             ("root".into(), state.ca.root.not_after.unix_timestamp()),
             (

@@ -5,12 +5,15 @@
 //! speak: `$n` placeholders, times as integer seconds, `ON CONFLICT`, `RETURNING`. Where a
 //! backend has the better tool (PostgreSQL advisory locks) it is used behind this interface.
 //!
-//! Every write transaction starts with a write statement. SQLite then takes its write lock
-//! at the first statement and waits for it under `busy_timeout`, instead of failing a
-//! read-to-write upgrade with `SQLITE_BUSY`.
+//! Every write transaction begins with `begin_write` and starts with a write statement.
+//! SQLite writers of this process queue in order at a gate there; SQLite then takes its
+//! write lock at the first statement, waiting under `busy_timeout` only for another process
+//! (a command-line tool on the same file), instead of failing a read-to-write upgrade with
+//! `SQLITE_BUSY`.
 
 mod migrate;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -37,7 +40,17 @@ const CRL_LOCK_KEY: i64 = 0x7369_6769_6c63_726c;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: write transactions queue here, in arrival order, for the one write lock.
+    /// SQLite's own wait for that lock (`busy_timeout`) sleeps and polls, which under load
+    /// lets some writers wait seconds while later ones go first.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
+
+/// A write transaction, holding its place in SQLite's queue of writers until it ends.
+type WriteTx = (
+    Option<tokio::sync::OwnedMutexGuard<()>>,
+    sqlx::Transaction<'static, sqlx::Any>,
+);
 
 /// A token being spent by an issuance.
 #[derive(Debug, Clone)]
@@ -226,16 +239,35 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
         migrate::run(&pool, backend).await?;
-        Ok(Store { pool, backend })
+        let write_gate =
+            (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store {
+            pool,
+            backend,
+            write_gate,
+        })
+    }
+
+    /// Begins a transaction that writes; every write transaction starts here.
+    async fn begin_write(&self) -> Result<WriteTx> {
+        let turn = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        Ok((turn, self.pool.begin().await?))
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Connections in use and idle, for metrics.
-    pub fn pool_usage(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
+    /// Connections open and idle, and the most the pool may open, for metrics.
+    pub fn pool_usage(&self) -> (u32, usize, u32) {
+        (
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        )
     }
 
     /// Answers whether the database takes a query now.
@@ -251,13 +283,14 @@ impl Store {
     /// # Errors
     ///
     /// `token-replayed` (401) when the token was already spent, here or at another replica;
-    /// `identity-disabled` (403) when the identity has been disabled.
+    /// `identity-disabled` (403) when the identity has been disabled; `certificate-revoked`
+    /// (403) when the certificate a renewal replaces has been revoked.
     pub async fn record_issuance(
         &self,
         cert: &NewCertificate,
         audit: &NewAuditEvent,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         if let Some(token) = &cert.token {
             let spent = sqlx::query(
                 "INSERT INTO tokens (jti, provisioner, identity, expires_at, consumed_at) \
@@ -280,17 +313,29 @@ impl Store {
             }
             spent?;
         }
-        // The upsert takes the identity's row lock, which orders this issuance against a
-        // concurrent identity revocation: either the revocation sees this certificate, or
-        // this issuance sees the identity disabled.
-        let enabled: i64 = sqlx::query(
+        // The identity's row orders this issuance against a concurrent identity revocation:
+        // either the revocation sees this certificate, or this issuance sees the identity
+        // disabled. On PostgreSQL the row is locked in share mode, so that issuances for one
+        // identity (a fleet starting at once) do not queue behind each other's commits, while
+        // a revocation's update waits for all of them and later issuances wait for it.
+        // SQLite's single writer orders everything already. `last_issued_at` is therefore
+        // written only with the row: updating it per issuance would take the row exclusively.
+        sqlx::query(
             "INSERT INTO identities (name, enabled, changed_at, last_issued_at) \
-             VALUES ($1, 1, $2, $2) \
-             ON CONFLICT (name) DO UPDATE SET last_issued_at = excluded.last_issued_at \
-             RETURNING enabled",
+             VALUES ($1, 1, $2, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&cert.identity)
         .bind(cert.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let enabled: i64 = sqlx::query(&format!(
+            "SELECT enabled FROM identities WHERE name = $1{lock}"
+        ))
+        .bind(&cert.identity)
         .fetch_one(&mut *tx)
         .await?
         .try_get("enabled")?;
@@ -302,6 +347,27 @@ impl Store {
                     cert.identity
                 ),
             ));
+        }
+        if let Some(old) = &cert.renewed_from {
+            // A renewal checked its certificate before signing; a revocation committed since
+            // must still win. The no-op update takes the old row's lock, after the identity's
+            // (the order identity revocation uses too, so the two cannot deadlock).
+            let still_active = sqlx::query(
+                "UPDATE certificates SET status = status WHERE serial = $1 AND status = 'active'",
+            )
+            .bind(old)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if still_active == 0 {
+                return Err(Error::forbidden(
+                    "certificate-revoked",
+                    format!(
+                        "certificate {old} was revoked while it was being renewed; request a new \
+                         one with a token"
+                    ),
+                ));
+            }
         }
         sqlx::query(
             "INSERT INTO certificates (serial, issuer_key_id, identity, sans, not_before, \
@@ -325,13 +391,17 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         insert_audit(&mut tx, cert.created_at, audit).await?;
+        // Known shortcoming: when the database commits but the connection dies before its
+        // answer arrives, the caller gets 503 while the token is spent, and a retry with the
+        // same token is refused as replayed; answering such a retry (same jti, same public
+        // key) with the recorded certificate would make the retry safe.
         tx.commit().await?;
         Ok(())
     }
 
     /// Writes one audit event on its own.
     pub async fn audit(&self, at: i64, event: &NewAuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         insert_audit(&mut tx, at, event).await?;
         tx.commit().await?;
         Ok(())
@@ -367,7 +437,7 @@ impl Store {
         now: i64,
         actor: &str,
     ) -> Result<Revocation> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let first = sqlx::query(
             "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
              WHERE serial = $1 AND status = 'active'",
@@ -432,7 +502,7 @@ impl Store {
         now: i64,
         actor: &str,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO identities (name, enabled, changed_at) VALUES ($1, 0, $2) \
              ON CONFLICT (name) DO UPDATE SET enabled = 0, changed_at = excluded.changed_at",
@@ -476,7 +546,7 @@ impl Store {
 
     /// Enables an identity again.
     pub async fn enable_identity(&self, identity: &str, now: i64, actor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO identities (name, enabled, changed_at) VALUES ($1, 1, $2) \
              ON CONFLICT (name) DO UPDATE SET enabled = 1, changed_at = excluded.changed_at",
@@ -572,7 +642,7 @@ impl Store {
     }
 
     pub async fn insert_admin_key(&self, id: &str, hash_hex: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query("INSERT INTO admin_keys (id, hash, created_at) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(hash_hex)
@@ -626,7 +696,7 @@ impl Store {
     /// Draws the next CRL number for `scope`. Numbers only grow, across restarts and
     /// replicas, because they come from one counter row updated atomically.
     pub async fn next_crl_number(&self, scope: &str) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let n: i64 = sqlx::query(
             "INSERT INTO crls (scope, last_number) VALUES ($1, 1) \
              ON CONFLICT (scope) DO UPDATE SET last_number = crls.last_number + 1 \
@@ -667,7 +737,7 @@ impl Store {
 
     /// Publishes a CRL unless a newer one is already stored. Returns whether it was stored.
     pub async fn store_crl(&self, scope: &str, crl: &StoredCrl) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let stored = sqlx::query(
             "UPDATE crls SET number = $2, this_update = $3, next_update = $4, entries = $5, \
              der = $6 WHERE scope = $1 AND (number IS NULL OR number < $2)",

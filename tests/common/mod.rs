@@ -34,6 +34,8 @@ pub struct Server {
     pub url: String,
     pub database_url: String,
     pub extra_args: Vec<String>,
+    /// Environment variables set for the process, on top of the test's own.
+    pub env: Vec<(String, String)>,
     pub log: PathBuf,
 }
 
@@ -44,12 +46,44 @@ impl Server {
 
     /// Starts a CA with extra `serve` flags.
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Server {
+        Self::start_configured(backend, extra, &[], None).await
+    }
+
+    /// Starts a CA with extra `serve` flags, extra environment variables, and a `sigil.toml`
+    /// written into the data directory before the first start.
+    pub async fn start_configured(
+        backend: Backend,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        config_toml: Option<&str>,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let database_url = match backend {
             Backend::Sqlite => sigil::config::default_database_url(&data_dir),
             Backend::Postgres => postgres_database().await,
         };
+        if let Some(text) = config_toml {
+            std::fs::create_dir_all(&data_dir).expect("data dir");
+            std::fs::write(data_dir.join("sigil.toml"), text).expect("sigil.toml");
+        }
+        Self::launch(dir, data_dir, database_url, extra, env).await
+    }
+
+    /// Starts a CA on a database of the caller's choosing, such as one in a [`PgCluster`].
+    pub async fn start_on(database_url: &str, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        Self::launch(dir, data_dir, database_url.to_owned(), extra, &[]).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        database_url: String,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut s = Server {
             child: None,
             log: dir.path().join("serve.log"),
@@ -59,6 +93,10 @@ impl Server {
             url: String::new(),
             database_url,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn("127.0.0.1:0").await;
         s
@@ -76,6 +114,7 @@ impl Server {
             url: String::new(),
             database_url: self.database_url.clone(),
             extra_args: self.extra_args.clone(),
+            env: self.env.clone(),
         };
         s.spawn("127.0.0.1:0").await;
         s
@@ -100,6 +139,7 @@ impl Server {
             .arg(&addr_file)
             .args(&self.extra_args)
             .env("SIGIL_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -326,10 +366,14 @@ pub fn postgres_base_url() -> String {
 
 /// A fresh database for one test, in the test PostgreSQL server.
 pub async fn postgres_database() -> String {
+    create_database(&postgres_base_url()).await
+}
+
+/// A fresh database in the PostgreSQL server at `base`; returns its URL.
+pub async fn create_database(base: &str) -> String {
     use sqlx::Connection;
-    let base = postgres_base_url();
     let name = format!("sigil_test_{}", rand_suffix());
-    let mut conn = sqlx::PgConnection::connect(&base)
+    let mut conn = sqlx::PgConnection::connect(base)
         .await
         .expect("connecting to test PostgreSQL");
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -437,6 +481,137 @@ fn start_cluster() -> Result<Cluster, String> {
     Ok(Cluster {
         url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
     })
+}
+
+/// A PostgreSQL cluster of one test's own, which the test may stop and start again (to
+/// take the database away under load). It keeps its port across restarts, and is stopped
+/// and removed when dropped or, failing that, when the test binary exits.
+pub struct PgCluster {
+    pub url: String,
+    root: PathBuf,
+    data: PathBuf,
+    opts: String,
+}
+
+fn as_postgres(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl PgCluster {
+    /// Makes and starts a cluster on a free loopback port. `server_opts` are extra `postgres`
+    /// options such as `["-c", "fsync=off"]`.
+    pub fn create(server_opts: &[&str]) -> Result<PgCluster, String> {
+        let root = std::env::temp_dir().join(format!("sigil-pg-{}", rand_suffix()));
+        std::fs::create_dir_all(root.join("sock")).map_err(|e| e.to_string())?;
+        Command::new("chown")
+            .args(["-R", "postgres:"])
+            .arg(&root)
+            .status()
+            .map_err(|e| e.to_string())?;
+        let data = root.join("data");
+        let initdb = pg_bin("initdb");
+        as_postgres(&[
+            initdb.to_str().unwrap_or("initdb"),
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-locale",
+            "-E",
+            "UTF8",
+        ])?;
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 {}",
+            root.join("sock").display(),
+            server_opts.join(" ")
+        );
+        let cluster = PgCluster {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            root,
+            data,
+            opts,
+        };
+        cluster.start()?;
+        // Stop the cluster when this test binary exits, however it exits.
+        let watcher = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             runuser -u postgres -- {pg_ctl} -D {data} -m immediate -w stop >/dev/null 2>&1; \
+             rm -rf {root}",
+            pid = std::process::id(),
+            pg_ctl = pg_bin("pg_ctl").display(),
+            data = cluster.data.display(),
+            root = cluster.root.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &watcher])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok(cluster)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) -> Result<(), String> {
+        let pg_ctl = pg_bin("pg_ctl");
+        as_postgres(&[
+            pg_ctl.to_str().unwrap_or("pg_ctl"),
+            "-D",
+            self.data.to_str().unwrap_or_default(),
+            "-l",
+            self.root.join("log").to_str().unwrap_or_default(),
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            &self.opts,
+            "start",
+        ])
+    }
+
+    /// Stops the server the way an operator does (`pg_ctl stop -m fast`): open transactions
+    /// are rolled back and every session is terminated.
+    pub fn stop(&self) -> Result<(), String> {
+        let pg_ctl = pg_bin("pg_ctl");
+        as_postgres(&[
+            pg_ctl.to_str().unwrap_or("pg_ctl"),
+            "-D",
+            self.data.to_str().unwrap_or_default(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ])
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
 }
 
 /// Runs an async test function once per backend, as two test cases.
