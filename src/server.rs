@@ -210,6 +210,11 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
         &ca.root.der,
     )?;
     let tls = Arc::new(ArcSwap::new(material.config()?));
+    tokio::spawn(refresh_server_cert(
+        ca.clone(),
+        settings.clone(),
+        tls.clone(),
+    ));
     tokio::spawn(crl.clone().run());
     tokio::spawn(reload_policies_on_sighup(authority.clone()));
 
@@ -225,6 +230,51 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
     http::tls::serve(listener, tls, http::router(authority), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a running server looks at its own TLS certificate's remaining life.
+const SERVER_CERT_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Keeps the server's own TLS certificate fresh while it runs. The new certificate lives in
+/// memory only: replicas sharing a data directory then never race to rewrite the same
+/// certificate and key files, and each serves a certificate of its own from the same CA.
+async fn refresh_server_cert(
+    ca: Arc<Ca>,
+    settings: Arc<Settings>,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+) {
+    let mut current: Option<String> = None;
+    loop {
+        tokio::time::sleep(SERVER_CERT_CHECK).await;
+        let pem = match &current {
+            Some(p) => p.clone(),
+            None => match std::fs::read_to_string(CaFiles::new(&settings.data_dir).server_cert()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading server.crt to check its lifetime");
+                    continue;
+                }
+            },
+        };
+        if server_cert_is_fresh(&pem, &settings).unwrap_or(false) {
+            continue;
+        }
+        let renewed = ca
+            .issue_server_cert(&settings.dns, &settings.ip)
+            .map_err(|e| anyhow::anyhow!(e.detail))
+            .and_then(|(chain, key)| {
+                let material = http::tls::TlsMaterial::from_pem(&chain, &key, &ca.root.der)?;
+                Ok((chain, material.config()?))
+            });
+        match renewed {
+            Ok((chain, config)) => {
+                tls.store(config);
+                current = Some(chain);
+                tracing::info!("renewed the server's TLS certificate in memory");
+            }
+            Err(e) => tracing::error!(error = %e, "renewing the server's TLS certificate failed"),
+        }
+    }
 }
 
 /// Logs what an operator must know once: the root fingerprint, and where a new admin key
