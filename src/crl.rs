@@ -1,30 +1,35 @@
 //! Builds, stores and publishes CRLs.
 //!
 //! Each replica serves the newest stored CRL from memory. A CRL is rebuilt when a revocation
-//! is newer than the CRL being served (whichever replica recorded it) and on a schedule, at
-//! half its validity, well before nextUpdate. Builds are serialized across replicas by the
-//! store's CRL lock; the CRL number comes from a counter row, so it only grows.
+//! took a sequence number larger than the one the stored CRL covers (whichever replica
+//! recorded it; clocks play no part) and on a schedule, at half its validity, well before
+//! nextUpdate. Builds are serialized across replicas by the store's CRL lock; the CRL number
+//! comes from a counter row, so it only grows.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 
 use crate::ca::{self, Ca, CrlEntry, CrlScope};
 use crate::error::{Error, Result};
 use crate::names::Serial;
-use crate::store::{Store, StoredCrl};
+use crate::store::{RevokedEntry, Store, StoredCrl};
 
-/// One CRL, ready to serve.
+/// One CRL, ready to serve. The bytes are reference-counted, so answering a request clones a
+/// pointer, not a CRL that may be megabytes long.
 pub struct CrlDoc {
     pub number: i64,
     pub this_update: i64,
     pub next_update: i64,
     pub entries: i64,
-    pub der: bytes_like::Bytes,
-    pub pem: bytes_like::Bytes,
+    /// The revocation sequence number this CRL covers.
+    pub revocation_seq: i64,
+    pub der: Bytes,
+    pub pem: Bytes,
     pub etag: String,
 }
 
@@ -33,13 +38,8 @@ pub struct Published {
     pub intermediate: CrlDoc,
     pub root: CrlDoc,
     /// Intermediate CRL then root CRL, PEM: what nginx `ssl_crl` wants.
-    pub combined_pem: bytes_like::Bytes,
+    pub combined_pem: Bytes,
     pub combined_etag: String,
-}
-
-/// Re-export so the HTTP layer can hand out cheap clones of the served bytes.
-pub mod bytes_like {
-    pub type Bytes = std::sync::Arc<[u8]>;
 }
 
 fn etag(parts: &[&[u8]]) -> String {
@@ -58,9 +58,10 @@ impl CrlDoc {
             this_update: s.this_update,
             next_update: s.next_update,
             entries: s.entries,
+            revocation_seq: s.revocation_seq,
             etag: etag(&[&s.der]),
-            pem: pem.into_bytes().into(),
-            der: s.der.into(),
+            pem: Bytes::from(pem.into_bytes()),
+            der: Bytes::from(s.der),
         }
     }
 }
@@ -70,7 +71,7 @@ impl Published {
         let combined: Vec<u8> = [&intermediate.pem[..], &root.pem[..]].concat();
         Published {
             combined_etag: etag(&[&combined]),
-            combined_pem: combined.into(),
+            combined_pem: Bytes::from(combined),
             intermediate,
             root,
         }
@@ -153,54 +154,84 @@ impl CrlPublisher {
         }
     }
 
-    /// Brings the served CRLs up to date: adopts a newer stored one, or builds when a
-    /// revocation is newer than the stored one or it is past half its validity.
+    /// Brings the served CRLs up to date: adopts a newer stored pair, or builds a new one
+    /// when the stored pair misses a revocation or is past half its validity.
     async fn refresh(&self, startup: bool) -> Result<()> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let stored = (
-            self.store.latest_crl("intermediate").await?,
-            self.store.latest_crl("root").await?,
-        );
-        let last_revocation = self.store.last_revocation_at().await?;
-        let needs_build = match &stored {
-            (Some(i), Some(r)) => {
-                let half = self.validity.as_secs() as i64 / 2;
-                last_revocation >= i.this_update
-                    || now >= i.this_update + half
-                    || now >= r.this_update + half
-            }
-            _ => true,
-        };
-        if needs_build {
+        let stored = self.stored().await?;
+        if self.is_stale(stored.as_ref(), now).await? {
             return self.build(now).await;
         }
-        if let (Some(i), Some(r)) = stored {
-            let served = self
-                .current()
-                .map(|p| (p.intermediate.number, p.root.number));
-            if startup || served != Some((i.number, r.number)) {
-                self.publish(Published::new(
-                    CrlDoc::from_stored(i),
-                    CrlDoc::from_stored(r),
-                ));
-            }
+        if let Some((i, r)) = stored {
+            self.adopt(i, r, startup);
         }
         Ok(())
     }
 
-    /// Builds and stores both CRLs, if no other replica is building them now.
+    async fn stored(&self) -> Result<Option<(StoredCrl, StoredCrl)>> {
+        let i = self
+            .store
+            .latest_crl(CrlScope::Intermediate.as_str())
+            .await?;
+        let r = self.store.latest_crl(CrlScope::Root.as_str()).await?;
+        Ok(i.zip(r))
+    }
+
+    /// True when the stored pair is missing, misses a committed revocation, or is past half
+    /// its validity.
+    async fn is_stale(&self, stored: Option<&(StoredCrl, StoredCrl)>, now: i64) -> Result<bool> {
+        let Some((i, r)) = stored else {
+            return Ok(true);
+        };
+        let seq = self.store.revocation_seq().await?;
+        let half = self.validity.as_secs() as i64 / 2;
+        Ok(i.revocation_seq.min(r.revocation_seq) < seq
+            || now >= i.this_update + half
+            || now >= r.this_update + half)
+    }
+
+    /// Serves a stored pair unless it is the one already served.
+    fn adopt(&self, i: StoredCrl, r: StoredCrl, force: bool) {
+        let served = self
+            .current()
+            .map(|p| (p.intermediate.number, p.root.number));
+        if force || served != Some((i.number, r.number)) {
+            self.publish(Published::new(
+                CrlDoc::from_stored(i),
+                CrlDoc::from_stored(r),
+            ));
+        }
+    }
+
+    /// Builds, stores and serves both CRLs, unless another replica is building them now or
+    /// built them while this one waited for the lock.
     async fn build(&self, now: i64) -> Result<()> {
         let _local = self.build_lock.lock().await;
         let Some(_lock) = self.store.try_crl_build_lock().await? else {
             tracing::debug!("another replica is building CRLs");
             return Ok(());
         };
+        let stored = self.stored().await?;
+        if !self.is_stale(stored.as_ref(), now).await? {
+            if let Some((i, r)) = stored {
+                self.adopt(i, r, false);
+            }
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         let int = self.build_one(CrlScope::Intermediate, now).await?;
         let root = self.build_one(CrlScope::Root, now).await?;
+        let (Some(int), Some(root)) = (int, root) else {
+            // A newer pair was stored meanwhile; serve that one instead.
+            if let Some((i, r)) = self.stored().await? {
+                self.adopt(i, r, false);
+            }
+            return Ok(());
+        };
         tracing::info!(
             number = int.number,
             entries = int.entries,
+            revocation_seq = int.revocation_seq,
             bytes = int.der.len(),
             millis = started.elapsed().as_millis() as u64,
             "published CRLs"
@@ -209,12 +240,13 @@ impl CrlPublisher {
         Ok(())
     }
 
-    async fn build_one(&self, scope: CrlScope, now: i64) -> Result<CrlDoc> {
+    /// Builds and stores one CRL. `None` when a CRL with a larger number was stored first.
+    async fn build_one(&self, scope: CrlScope, now: i64) -> Result<Option<CrlDoc>> {
         let issuer = match scope {
             CrlScope::Intermediate => &self.ca.intermediate,
             CrlScope::Root => &self.ca.root,
         };
-        let entries = self
+        let snapshot = self
             .store
             .revoked_entries(&hex::encode(&issuer.key_id), now)
             .await?;
@@ -222,20 +254,17 @@ impl CrlPublisher {
         let ca = self.ca.clone();
         let validity = time::Duration::try_from(self.validity)
             .map_err(|_| Error::internal("CRL validity out of range"))?;
-        let count = entries.len() as i64;
+        let count = snapshot.entries.len() as i64;
         let der = tokio::task::spawn_blocking(move || {
             let this_update = OffsetDateTime::from_unix_timestamp(now)
-                .map_err(|e| Error::internal(e.to_string()))?;
-            let list: Vec<CrlEntry> = entries
+                .map_err(|e| Error::internal(format!("CRL thisUpdate: {e}")))?;
+            // An entry that cannot be read fails the whole build: a CRL that silently left out
+            // a revoked certificate would be worse than the previous CRL.
+            let list = snapshot
+                .entries
                 .into_iter()
-                .filter_map(|e| {
-                    Some(CrlEntry {
-                        serial: Serial::parse(&e.serial).ok()?,
-                        revoked_at: OffsetDateTime::from_unix_timestamp(e.revoked_at).ok()?,
-                        reason: e.reason.as_deref().and_then(ca::reason_code),
-                    })
-                })
-                .collect();
+                .map(crl_entry)
+                .collect::<Result<Vec<_>>>()?;
             ca.sign_crl(
                 scope,
                 number as u64,
@@ -251,10 +280,13 @@ impl CrlPublisher {
             this_update: now,
             next_update: now + self.validity.as_secs() as i64,
             entries: count,
+            revocation_seq: snapshot.revocation_seq,
             der,
         };
-        self.store.store_crl(scope.as_str(), &stored).await?;
-        Ok(CrlDoc::from_stored(stored))
+        if !self.store.store_crl(scope.as_str(), &stored).await? {
+            return Ok(None);
+        }
+        Ok(Some(CrlDoc::from_stored(stored)))
     }
 
     fn publish(&self, p: Published) {
@@ -262,4 +294,24 @@ impl CrlPublisher {
         self.current.store(Arc::new(Some(p.clone())));
         self.changed.send_replace(Some(p));
     }
+}
+
+fn crl_entry(e: RevokedEntry) -> Result<CrlEntry> {
+    let serial = Serial::parse(&e.serial)
+        .map_err(|err| Error::internal(format!("stored serial {:?}: {}", e.serial, err.detail)))?;
+    let revoked_at = OffsetDateTime::from_unix_timestamp(e.revoked_at)
+        .map_err(|err| Error::internal(format!("revocation time of {serial}: {err}")))?;
+    let reason = match e.reason.as_deref() {
+        None => None,
+        Some(name) => Some(ca::reason_code(name).ok_or_else(|| {
+            Error::internal(format!(
+                "revocation reason {name:?} of {serial} is not known"
+            ))
+        })?),
+    };
+    Ok(CrlEntry {
+        serial,
+        revoked_at,
+        reason,
+    })
 }

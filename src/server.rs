@@ -207,8 +207,11 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
         &keyfile::read_secret(&files.server_key())?,
         &ca.root.der,
     )?;
+    // Subscribe before reading the current CRLs, so that one published in between is not
+    // missed by the TLS configuration.
+    let crl_updates = crl.subscribe();
     let tls = Arc::new(ArcSwap::new(material.config(crl.current().as_deref())?));
-    tokio::spawn(swap_tls_on_new_crl(material, tls.clone(), crl.clone()));
+    tokio::spawn(swap_tls_on_new_crl(material, tls.clone(), crl_updates));
     tokio::spawn(crl.clone().run());
     tokio::spawn(reload_policies_on_sighup(authority.clone()));
 
@@ -239,13 +242,20 @@ pub fn announce(report: &InitReport) {
 async fn swap_tls_on_new_crl(
     material: http::tls::TlsMaterial,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
-    crl: Arc<CrlPublisher>,
+    mut rx: tokio::sync::watch::Receiver<Option<Arc<crate::crl::Published>>>,
 ) {
-    let mut rx = crl.subscribe();
     while rx.changed().await.is_ok() {
         let published = rx.borrow_and_update().clone();
         match material.config(published.as_deref()) {
-            Ok(cfg) => tls.store(cfg),
+            Ok(cfg) => {
+                tls.store(cfg);
+                if let Some(p) = &published {
+                    tracing::debug!(
+                        crl_number = p.intermediate.number,
+                        "client certificates are now checked against the new CRLs"
+                    );
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "rebuilding TLS configuration with the new CRL failed")
             }

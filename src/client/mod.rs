@@ -5,6 +5,8 @@
 //! bundle is fetched once without verification, its root is checked against the
 //! fingerprint, and every later request verifies the server against that root.
 
+pub mod admin;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
