@@ -315,3 +315,118 @@ fn crl_entry(e: RevokedEntry) -> Result<CrlEntry> {
         reason,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{CaFiles, InitOptions};
+    use crate::store::{NewAuditEvent, NewCertificate};
+
+    async fn setup(dir: &std::path::Path) -> (Arc<Ca>, Store) {
+        let files = CaFiles::new(dir);
+        Ca::create(
+            &files,
+            &InitOptions {
+                organization: "test".into(),
+            },
+        )
+        .unwrap();
+        let ca = Arc::new(Ca::load(&files).unwrap());
+        let url = format!("sqlite://{}?mode=rwc", dir.join("sigil.db").display());
+        (ca, Store::connect(&url, 2).await.unwrap())
+    }
+
+    async fn record(store: &Store, ca: &Ca, serial: &str, now: i64) {
+        let cert = NewCertificate {
+            serial: serial.into(),
+            issuer_key_id: hex::encode(&ca.intermediate.key_id),
+            identity: "payments".into(),
+            sans: vec!["payments.internal".into()],
+            not_before: now - 60,
+            not_after: now + 3600,
+            key_fingerprint: "00".repeat(32),
+            key_type: "p256".into(),
+            der: vec![0x30, 0x00],
+            token: None,
+            provisioner: None,
+            renewed_from: None,
+            created_at: now,
+        };
+        let audit = NewAuditEvent {
+            action: "issue",
+            actor: "test".into(),
+            identity: Some("payments".into()),
+            serial: Some(serial.into()),
+            detail: serde_json::json!({}),
+        };
+        store.record_issuance(&cert, &audit).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revocation_stamped_by_a_slow_clock_is_still_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, store) = setup(dir.path()).await;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        record(&store, &ca, "7f01", now).await;
+        let publisher = CrlPublisher::new(
+            ca.clone(),
+            store.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        publisher.start().await.unwrap();
+        let first = publisher.current().unwrap();
+        assert_eq!(first.intermediate.entries, 0);
+
+        // A replica whose clock is an hour behind records the revocation: its time is older
+        // than the CRL being served, yet the CRL must be rebuilt to list it.
+        store
+            .revoke_certificate("7f01", "keyCompromise", now - 3600, "test")
+            .await
+            .unwrap();
+        publisher.refresh(false).await.unwrap();
+        let second = publisher.current().unwrap();
+        assert_eq!(second.intermediate.entries, 1);
+        assert!(second.intermediate.number > first.intermediate.number);
+
+        // With nothing new, polling adopts and serves the same CRL without rebuilding.
+        publisher.refresh(false).await.unwrap();
+        let third = publisher.current().unwrap();
+        assert_eq!(third.intermediate.number, second.intermediate.number);
+        assert_eq!(third.root.number, second.root.number);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_revocation_does_not_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, store) = setup(dir.path()).await;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        record(&store, &ca, "7f02", now).await;
+        store
+            .revoke_certificate("7f02", "superseded", now, "test")
+            .await
+            .unwrap();
+        let publisher = CrlPublisher::new(
+            ca,
+            store.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        publisher.start().await.unwrap();
+        let built = publisher.current().unwrap().intermediate.number;
+        let again = store
+            .revoke_certificate("7f02", "cessationOfOperation", now + 5, "test")
+            .await
+            .unwrap();
+        assert!(!again.changed);
+        publisher.refresh(false).await.unwrap();
+        assert_eq!(publisher.current().unwrap().intermediate.number, built);
+        let upgrade = store
+            .revoke_certificate("7f02", "keyCompromise", now + 6, "test")
+            .await
+            .unwrap();
+        assert!(upgrade.changed);
+        publisher.refresh(false).await.unwrap();
+        assert!(publisher.current().unwrap().intermediate.number > built);
+    }
+}
