@@ -270,7 +270,7 @@ impl CrlPublisher {
                 number as u64,
                 this_update,
                 this_update + validity,
-                &list,
+                list,
             )
         })
         .await
@@ -309,11 +309,7 @@ fn crl_entry(e: RevokedEntry) -> Result<CrlEntry> {
             ))
         })?),
     };
-    Ok(CrlEntry {
-        serial,
-        revoked_at,
-        reason,
-    })
+    Ok(CrlEntry::new(&serial, revoked_at, reason))
 }
 
 #[cfg(test)]
