@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify};
 use crate::ca::{self, Ca, CrlEntry, CrlScope};
 use crate::error::{Error, Result};
 use crate::names::Serial;
-use crate::store::{RevokedEntry, Store, StoredCrl};
+use crate::store::{CrlInfo, RevokedEntry, Store, StoredCrl};
 
 /// One CRL, ready to serve. The bytes are reference-counted, so answering a request clones a
 /// pointer, not a CRL that may be megabytes long.
@@ -54,11 +54,11 @@ impl CrlDoc {
     fn from_stored(s: StoredCrl) -> Self {
         let pem = crate::pem::encode("X509 CRL", &s.der);
         CrlDoc {
-            number: s.number,
-            this_update: s.this_update,
-            next_update: s.next_update,
-            entries: s.entries,
-            revocation_seq: s.revocation_seq,
+            number: s.info.number,
+            this_update: s.info.this_update,
+            next_update: s.info.next_update,
+            entries: s.info.entries,
+            revocation_seq: s.info.revocation_seq,
             etag: etag(&[&s.der]),
             pem: Bytes::from(pem.into_bytes()),
             der: Bytes::from(s.der),
@@ -155,31 +155,32 @@ impl CrlPublisher {
     }
 
     /// Brings the served CRLs up to date: adopts a newer stored pair, or builds a new one
-    /// when the stored pair misses a revocation or is past half its validity.
+    /// when the stored pair misses a revocation or is past half its validity. Polling reads
+    /// only the stored CRLs' numbers; their bytes are read when they are adopted.
     async fn refresh(&self, startup: bool) -> Result<()> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let stored = self.stored().await?;
-        if self.is_stale(stored.as_ref(), now).await? {
+        if self.is_stale(stored, now).await? {
             return self.build(now).await;
         }
         if let Some((i, r)) = stored {
-            self.adopt(i, r, startup);
+            self.adopt(i, r, startup).await?;
         }
         Ok(())
     }
 
-    async fn stored(&self) -> Result<Option<(StoredCrl, StoredCrl)>> {
+    async fn stored(&self) -> Result<Option<(CrlInfo, CrlInfo)>> {
         let i = self
             .store
-            .latest_crl(CrlScope::Intermediate.as_str())
+            .latest_crl_info(CrlScope::Intermediate.as_str())
             .await?;
-        let r = self.store.latest_crl(CrlScope::Root.as_str()).await?;
+        let r = self.store.latest_crl_info(CrlScope::Root.as_str()).await?;
         Ok(i.zip(r))
     }
 
     /// True when the stored pair is missing, misses a committed revocation, or is past half
     /// its validity.
-    async fn is_stale(&self, stored: Option<&(StoredCrl, StoredCrl)>, now: i64) -> Result<bool> {
+    async fn is_stale(&self, stored: Option<(CrlInfo, CrlInfo)>, now: i64) -> Result<bool> {
         let Some((i, r)) = stored else {
             return Ok(true);
         };
@@ -190,17 +191,36 @@ impl CrlPublisher {
             || now >= r.this_update + half)
     }
 
-    /// Serves a stored pair unless it is the one already served.
-    fn adopt(&self, i: StoredCrl, r: StoredCrl, force: bool) {
+    /// Serves a stored pair unless it is the one already served. A pair replaced while it
+    /// was being read is left for the next poll.
+    async fn adopt(&self, i: CrlInfo, r: CrlInfo, force: bool) -> Result<()> {
         let served = self
             .current()
             .map(|p| (p.intermediate.number, p.root.number));
-        if force || served != Some((i.number, r.number)) {
+        if !force && served == Some((i.number, r.number)) {
+            return Ok(());
+        }
+        let int_der = self
+            .store
+            .crl_der(CrlScope::Intermediate.as_str(), i.number)
+            .await?;
+        let root_der = self
+            .store
+            .crl_der(CrlScope::Root.as_str(), r.number)
+            .await?;
+        if let (Some(int_der), Some(root_der)) = (int_der, root_der) {
             self.publish(Published::new(
-                CrlDoc::from_stored(i),
-                CrlDoc::from_stored(r),
+                CrlDoc::from_stored(StoredCrl {
+                    info: i,
+                    der: int_der,
+                }),
+                CrlDoc::from_stored(StoredCrl {
+                    info: r,
+                    der: root_der,
+                }),
             ));
         }
+        Ok(())
     }
 
     /// Builds, stores and serves both CRLs, unless another replica is building them now or
@@ -212,9 +232,9 @@ impl CrlPublisher {
             return Ok(());
         };
         let stored = self.stored().await?;
-        if !self.is_stale(stored.as_ref(), now).await? {
+        if !self.is_stale(stored, now).await? {
             if let Some((i, r)) = stored {
-                self.adopt(i, r, false);
+                self.adopt(i, r, false).await?;
             }
             return Ok(());
         }
@@ -224,7 +244,7 @@ impl CrlPublisher {
         let (Some(int), Some(root)) = (int, root) else {
             // A newer pair was stored meanwhile; serve that one instead.
             if let Some((i, r)) = self.stored().await? {
-                self.adopt(i, r, false);
+                self.adopt(i, r, false).await?;
             }
             return Ok(());
         };
@@ -246,25 +266,23 @@ impl CrlPublisher {
             CrlScope::Intermediate => &self.ca.intermediate,
             CrlScope::Root => &self.ca.root,
         };
-        let snapshot = self
+        // Rows become CRL entries as they arrive: only the compact form is ever held.
+        let mut list = Vec::new();
+        let revocation_seq = self
             .store
-            .revoked_entries(&hex::encode(&issuer.key_id), now)
+            .for_each_revoked(&hex::encode(&issuer.key_id), now, |e| {
+                list.push(crl_entry(e)?);
+                Ok(())
+            })
             .await?;
         let number = self.store.next_crl_number(scope.as_str()).await?;
         let ca = self.ca.clone();
         let validity = time::Duration::try_from(self.validity)
             .map_err(|_| Error::internal("CRL validity out of range"))?;
-        let count = snapshot.entries.len() as i64;
+        let count = list.len() as i64;
         let der = tokio::task::spawn_blocking(move || {
             let this_update = OffsetDateTime::from_unix_timestamp(now)
                 .map_err(|e| Error::internal(format!("CRL thisUpdate: {e}")))?;
-            // An entry that cannot be read fails the whole build: a CRL that silently left out
-            // a revoked certificate would be worse than the previous CRL.
-            let list = snapshot
-                .entries
-                .into_iter()
-                .map(crl_entry)
-                .collect::<Result<Vec<_>>>()?;
             ca.sign_crl(
                 scope,
                 number as u64,
@@ -276,11 +294,13 @@ impl CrlPublisher {
         .await
         .map_err(|e| Error::internal(format!("CRL task failed: {e}")))??;
         let stored = StoredCrl {
-            number,
-            this_update: now,
-            next_update: now + self.validity.as_secs() as i64,
-            entries: count,
-            revocation_seq: snapshot.revocation_seq,
+            info: CrlInfo {
+                number,
+                this_update: now,
+                next_update: now + self.validity.as_secs() as i64,
+                entries: count,
+                revocation_seq,
+            },
             der,
         };
         if !self.store.store_crl(scope.as_str(), &stored).await? {
@@ -296,6 +316,8 @@ impl CrlPublisher {
     }
 }
 
+/// Reads one stored revocation. An entry that cannot be read fails the whole build: a CRL that
+/// silently left out a revoked certificate would be worse than the previous CRL.
 fn crl_entry(e: RevokedEntry) -> Result<CrlEntry> {
     let serial = Serial::parse(&e.serial)
         .map_err(|err| Error::internal(format!("stored serial {:?}: {}", e.serial, err.detail)))?;

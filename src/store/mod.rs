@@ -135,9 +135,9 @@ pub struct RevokedEntry {
     pub reason: Option<String>,
 }
 
-/// A published CRL.
-#[derive(Clone)]
-pub struct StoredCrl {
+/// What is known of a published CRL without reading its bytes: replicas poll this often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlInfo {
     pub number: i64,
     pub this_update: i64,
     pub next_update: i64,
@@ -145,14 +145,13 @@ pub struct StoredCrl {
     /// The revocation sequence number this CRL covers: every revocation that took a number up
     /// to this one is listed (or has since expired).
     pub revocation_seq: i64,
-    pub der: Vec<u8>,
 }
 
-/// The revoked certificates of one issuer, read together with the revocation sequence number
-/// they cover.
-pub struct RevokedSnapshot {
-    pub revocation_seq: i64,
-    pub entries: Vec<RevokedEntry>,
+/// A published CRL.
+#[derive(Clone)]
+pub struct StoredCrl {
+    pub info: CrlInfo,
+    pub der: Vec<u8>,
 }
 
 /// Outcome of a revocation by serial.
@@ -677,35 +676,35 @@ impl Store {
         Ok(n)
     }
 
-    /// Revoked certificates of one issuer that have not yet expired, with the revocation
-    /// sequence number they cover.
-    pub async fn revoked_entries(&self, issuer_key_id: &str, now: i64) -> Result<RevokedSnapshot> {
+    /// Hands `each` every revoked certificate of one issuer that has not yet expired, row by
+    /// row as the database returns them, so that a CRL of a million entries is never held as
+    /// database rows too. Returns the revocation sequence number the entries cover.
+    pub async fn for_each_revoked(
+        &self,
+        issuer_key_id: &str,
+        now: i64,
+        mut each: impl FnMut(RevokedEntry) -> Result<()>,
+    ) -> Result<i64> {
         // The counter is read first. A revocation that took a number up to this one has
         // committed, so the entry query below, which starts later, sees it; a revocation
         // still in flight takes a larger number and causes the next build.
         let revocation_seq = self.revocation_seq().await?;
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT serial, revoked_at, revocation_reason FROM certificates \
              WHERE issuer_key_id = $1 AND status = 'revoked' AND not_after > $2",
         )
         .bind(issuer_key_id)
         .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        let entries = rows
-            .iter()
-            .map(|r| {
-                Ok(RevokedEntry {
-                    serial: r.try_get("serial")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    reason: r.try_get("revocation_reason")?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(RevokedSnapshot {
-            revocation_seq,
-            entries,
-        })
+        .fetch(&self.pool);
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            let r = row?;
+            each(RevokedEntry {
+                serial: r.try_get("serial")?,
+                revoked_at: r.try_get("revoked_at")?,
+                reason: r.try_get("revocation_reason")?,
+            })?;
+        }
+        Ok(revocation_seq)
     }
 
     /// Publishes a CRL unless a newer one is already stored. Returns whether it was stored.
@@ -716,12 +715,12 @@ impl Store {
              der = $6, revocation_seq = $7 WHERE scope = $1 AND (number IS NULL OR number < $2)",
         )
         .bind(scope)
-        .bind(crl.number)
-        .bind(crl.this_update)
-        .bind(crl.next_update)
-        .bind(crl.entries)
+        .bind(crl.info.number)
+        .bind(crl.info.this_update)
+        .bind(crl.info.next_update)
+        .bind(crl.info.entries)
         .bind(&crl.der)
-        .bind(crl.revocation_seq)
+        .bind(crl.info.revocation_seq)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -729,25 +728,35 @@ impl Store {
         Ok(stored > 0)
     }
 
-    pub async fn latest_crl(&self, scope: &str) -> Result<Option<StoredCrl>> {
+    /// The newest published CRL of `scope`, without its bytes.
+    pub async fn latest_crl_info(&self, scope: &str) -> Result<Option<CrlInfo>> {
         let row = sqlx::query(
-            "SELECT number, this_update, next_update, entries, revocation_seq, der FROM crls \
+            "SELECT number, this_update, next_update, entries, revocation_seq FROM crls \
              WHERE scope = $1 AND der IS NOT NULL",
         )
         .bind(scope)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
-            Ok(StoredCrl {
+            Ok(CrlInfo {
                 number: r.try_get("number")?,
                 this_update: r.try_get("this_update")?,
                 next_update: r.try_get("next_update")?,
                 entries: r.try_get("entries")?,
                 revocation_seq: r.try_get("revocation_seq")?,
-                der: r.try_get("der")?,
             })
         })
         .transpose()
+    }
+
+    /// The bytes of the CRL of `scope` numbered `number`; `None` once a newer one replaced it.
+    pub async fn crl_der(&self, scope: &str, number: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT der FROM crls WHERE scope = $1 AND number = $2")
+            .bind(scope)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("der")?)).transpose()
     }
 
     /// The number of the newest committed revocation, to notice revocations made here or at
