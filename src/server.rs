@@ -211,7 +211,11 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
     // missed by the TLS configuration.
     let crl_updates = crl.subscribe();
     let tls = Arc::new(ArcSwap::new(material.config(crl.current().as_deref())?));
-    tokio::spawn(swap_tls_on_new_crl(material, tls.clone(), crl_updates));
+    tokio::spawn(swap_tls_on_new_crl(
+        Arc::new(material),
+        tls.clone(),
+        crl_updates,
+    ));
     tokio::spawn(crl.clone().run());
     tokio::spawn(reload_policies_on_sighup(authority.clone()));
 
@@ -240,13 +244,19 @@ pub fn announce(report: &InitReport) {
 }
 
 async fn swap_tls_on_new_crl(
-    material: http::tls::TlsMaterial,
+    material: Arc<http::tls::TlsMaterial>,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     mut rx: tokio::sync::watch::Receiver<Option<Arc<crate::crl::Published>>>,
 ) {
     while rx.changed().await.is_ok() {
         let published = rx.borrow_and_update().clone();
-        match material.config(published.as_deref()) {
+        // Building a verifier parses every CRL entry (a second or more for a million), so it
+        // runs off the threads that serve requests.
+        let (m, p) = (material.clone(), published.clone());
+        let built = tokio::task::spawn_blocking(move || m.config(p.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("TLS configuration task failed: {e}")));
+        match built {
             Ok(cfg) => {
                 tls.store(cfg);
                 if let Some(p) = &published {
