@@ -173,11 +173,12 @@ impl AdminClient {
     /// Fetches the page `opts` names or, with `opts.all`, every page after it.
     pub async fn list(&self, opts: &ListOptions) -> anyhow::Result<(Vec<Value>, Option<String>)> {
         let (mut items, mut next) = self.list_page(opts, opts.cursor.as_deref()).await?;
-        while opts.all {
-            let Some(cursor) = next.take() else { break };
-            let (more, after) = self.list_page(opts, Some(&cursor)).await?;
-            items.extend(more);
-            next = after;
+        if opts.all {
+            while let Some(cursor) = next.take() {
+                let (more, after) = self.list_page(opts, Some(&cursor)).await?;
+                items.extend(more);
+                next = after;
+            }
         }
         Ok((items, next))
     }
