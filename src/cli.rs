@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reqwest::Method;
 
+use crate::client::admin::{self, ListOptions, RevokeTarget};
 use crate::client::request::KeyType;
 use crate::client::{AdminArgs, CaArgs, CaClient};
 use crate::config::ServeArgs;
@@ -60,6 +61,87 @@ pub enum Command {
     Renew(RenewArgs),
     /// Keep a certificate directory fresh: renew, refresh bundle and CRLs, reload the workload
     Agent(AgentArgs),
+    /// Revoke one certificate, or every certificate of a service and disable the service
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "service"])))]
+    Revoke {
+        #[command(flatten)]
+        ca: CaArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Serial of the certificate to revoke (hex; colons allowed)
+        #[arg(long)]
+        serial: Option<String>,
+        /// Service identity: revoke all its unexpired certificates and disable it
+        #[arg(long)]
+        service: Option<String>,
+        /// RFC 5280 reason [default: unspecified]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::authority::REASONS))]
+        reason: Option<String>,
+        /// Print the CA's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a disabled service get certificates again (its revoked certificates stay revoked)
+    Enable {
+        #[command(flatten)]
+        ca: CaArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Service identity to enable
+        #[arg(long)]
+        service: String,
+        /// Print the CA's JSON answer
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and show issued certificates
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// List certificates, newest first
+    List {
+        #[command(flatten)]
+        ca: CaArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this service's certificates
+        #[arg(long)]
+        service: Option<String>,
+        /// Only certificates in this state
+        #[arg(long, value_parser = ["active", "revoked", "expired"])]
+        status: Option<String>,
+        /// Certificates per page, 1 to 1000
+        #[arg(long, default_value_t = crate::client::admin::DEFAULT_PAGE,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Start after this cursor, as printed at the end of the previous page
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow the cursor through every page
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one certificate
+    Show {
+        #[command(flatten)]
+        ca: CaArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Serial (hex; colons allowed)
+        serial: String,
+        /// Print the CA's JSON answer
+        #[arg(long, conflicts_with = "pem")]
+        json: bool,
+        /// Print only the certificate, PEM
+        #[arg(long)]
+        pem: bool,
+    },
 }
 
 /// `sigil request`.
@@ -302,6 +384,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Revoke {
+            ca,
+            admin,
+            serial,
+            service,
+            reason,
+            json,
+        } => {
+            let target = match (serial, service) {
+                (Some(serial), _) => RevokeTarget::Serial(serial),
+                (None, Some(service)) => RevokeTarget::Service(service),
+                (None, None) => anyhow::bail!("name what to revoke: --serial or --service"),
+            };
+            admin::revoke(&ca, &admin, target, reason.as_deref(), json).await
+        }
+        Command::Enable {
+            ca,
+            admin,
+            service,
+            json,
+        } => admin::enable(&ca, &admin, &service, json).await,
+        Command::Certs(CertsCommand::List {
+            ca,
+            admin,
+            service,
+            status,
+            limit,
+            cursor,
+            all,
+            json,
+        }) => {
+            let opts = ListOptions {
+                service,
+                status,
+                limit: Some(limit),
+                cursor,
+                all,
+            };
+            admin::list(&ca, &admin, &opts, json).await
+        }
+        Command::Certs(CertsCommand::Show {
+            ca,
+            admin,
+            serial,
+            json,
+            pem,
+        }) => admin::show(&ca, &admin, &serial, json, pem).await,
         Command::Token(TokenCommand::Mint {
             provisioner_key,
             provisioner,

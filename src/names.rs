@@ -236,14 +236,23 @@ impl Serial {
     }
 
     /// Big-endian bytes of the serial, as DER wants them (a leading zero byte is not added).
+    /// CRLs call this once per entry, so it decodes without intermediate strings.
     pub fn to_be_bytes(&self) -> Vec<u8> {
-        let padded = if self.0.len() % 2 == 1 {
-            format!("0{}", self.0)
-        } else {
-            self.0.clone()
+        // The constructors admit only lowercase hex digits.
+        let nibble = |d: u8| match d {
+            b'0'..=b'9' => d - b'0',
+            _ => d - b'a' + 10,
         };
-        // The constructor admits only hex digits, so decoding cannot fail.
-        hex::decode(padded).unwrap_or_default()
+        let digits = self.0.as_bytes();
+        let (head, pairs) = digits.split_at(digits.len() % 2);
+        let mut out = Vec::with_capacity(head.len() + pairs.len() / 2);
+        out.extend(head.iter().map(|&d| nibble(d)));
+        out.extend(
+            pairs
+                .chunks_exact(2)
+                .map(|p| nibble(p[0]) << 4 | nibble(p[1])),
+        );
+        out
     }
 }
 

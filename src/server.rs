@@ -215,7 +215,9 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
         settings.clone(),
         tls.clone(),
     ));
+    let crl_updates = crl.subscribe();
     tokio::spawn(crl.clone().run());
+    tokio::spawn(follow_crls_for_renewal(authority.clone(), crl_updates));
     tokio::spawn(reload_policies_on_sighup(authority.clone()));
 
     if let Some(path) = addr_file {
@@ -230,6 +232,30 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
     http::tls::serve(listener, tls, http::router(authority), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Rebuilds renewal's revocation check for the CRLs being served now and for every new one.
+async fn follow_crls_for_renewal(
+    authority: Arc<Authority>,
+    mut rx: tokio::sync::watch::Receiver<Option<Arc<crate::crl::Published>>>,
+) {
+    let mut published = authority.crl.current();
+    loop {
+        if let Some(p) = published {
+            let a = authority.clone();
+            // Parsing a CRL of a million entries takes a second or more.
+            let built = tokio::task::spawn_blocking(move || a.revocation_check.update(&p))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("CRL check task failed: {e}")));
+            if let Err(e) = built {
+                tracing::error!(error = %e, "loading the new CRLs into renewal's check failed");
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+        published = rx.borrow_and_update().clone();
+    }
 }
 
 /// How often a running server looks at its own TLS certificate's remaining life.

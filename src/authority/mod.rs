@@ -106,6 +106,8 @@ pub struct Authority {
     pub ca: Arc<Ca>,
     pub store: Store,
     pub crl: Arc<CrlPublisher>,
+    /// Renewal's check of client certificates against the CRLs being served.
+    pub revocation_check: crate::crl::RevocationCheck,
     pub metrics: Arc<Metrics>,
     policies: ArcSwap<PolicySet>,
     admin_signer: SigningKey,
@@ -125,6 +127,7 @@ impl Authority {
         let intermediate_key_id = hex::encode(&ca.intermediate.key_id);
         Ok(Authority {
             settings,
+            revocation_check: crate::crl::RevocationCheck::new(&ca.root.der),
             ca,
             store,
             crl,
@@ -273,6 +276,10 @@ impl Authority {
                 "renewal needs the current certificate: connect with it and its key as a TLS client certificate",
             ));
         };
+        // A certificate the served CRL lists is refused before anything else.
+        if let Some(chain) = peer_chain {
+            self.revocation_check.check(chain)?;
+        }
         let (_, leaf) = X509Certificate::from_der(leaf_der).map_err(|e| {
             Error::unauthenticated(
                 "bad-client-certificate",

@@ -260,11 +260,26 @@ impl CrlScope {
     }
 }
 
-/// One entry of a CRL.
-pub struct CrlEntry {
-    pub serial: Serial,
-    pub revoked_at: OffsetDateTime,
-    pub reason: Option<RevocationReason>,
+/// One entry of a CRL, held in the form the signer encodes. Signing moves the entries into
+/// the CRL's parameters in place, so a CRL of a million entries is not held twice.
+#[derive(Debug, Clone)]
+pub struct CrlEntry(RevokedCertParams);
+
+impl CrlEntry {
+    pub fn new(
+        serial: &Serial,
+        revoked_at: OffsetDateTime,
+        reason: Option<RevocationReason>,
+    ) -> Self {
+        CrlEntry(RevokedCertParams {
+            serial_number: SerialNumber::from(serial.to_be_bytes()),
+            revocation_time: revoked_at,
+            // RFC 5280, 5.3.1: the reason code extension should be absent rather than say
+            // unspecified.
+            reason_code: reason.filter(|r| *r != RevocationReason::Unspecified),
+            invalidity_date: None,
+        })
+    }
 }
 
 /// The loaded CA: root and intermediate, with their keys.
@@ -423,14 +438,14 @@ impl Ca {
         Ok((chain, key.serialize_pem()))
     }
 
-    /// Signs a full CRL for `scope`.
+    /// Signs a full CRL for `scope`, consuming its entries.
     pub fn sign_crl(
         &self,
         scope: CrlScope,
         number: u64,
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
-        entries: &[CrlEntry],
+        entries: Vec<CrlEntry>,
     ) -> Result<Vec<u8>> {
         let signer = match scope {
             CrlScope::Intermediate => &self.intermediate,
@@ -441,15 +456,8 @@ impl Ca {
             next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
-            revoked_certs: entries
-                .iter()
-                .map(|e| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&e.serial.to_be_bytes()),
-                    revocation_time: e.revoked_at,
-                    reason_code: e.reason,
-                    invalidity_date: None,
-                })
-                .collect(),
+            // A newtype unwrapped element by element: the vector is reused in place.
+            revoked_certs: entries.into_iter().map(|e| e.0).collect(),
             key_identifier_method: KeyIdMethod::PreSpecified(signer.key_id.clone()),
         };
         let crl = params

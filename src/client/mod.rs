@@ -13,6 +13,8 @@ pub mod agent;
 pub mod files;
 pub mod request;
 
+pub mod admin;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

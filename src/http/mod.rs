@@ -215,10 +215,16 @@ fn cached(
     max_age: i64,
     body: Body,
 ) -> Response {
+    // If-None-Match compares weakly (RFC 9110, 13.1.2): a W/ prefix, which compressing
+    // proxies add, still matches.
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        });
     let cache = format!("public, max-age={}", max_age.max(0));
     let mut resp = if matches {
         StatusCode::NOT_MODIFIED.into_response()
@@ -291,7 +297,7 @@ async fn serve_crl(
             &doc.etag,
             "application/pkix-crl",
             crl_max_age(doc.next_update),
-            Body::from(doc.der.to_vec()),
+            Body::from(doc.der.clone()),
         ),
         Some("pem") => {
             let etag = format!("{}-pem\"", doc.etag.trim_end_matches('"'));
@@ -300,7 +306,7 @@ async fn serve_crl(
                 &etag,
                 "application/x-pem-file",
                 crl_max_age(doc.next_update),
-                Body::from(doc.pem.to_vec()),
+                Body::from(doc.pem.clone()),
             )
         }
         Some(other) => {
@@ -336,7 +342,7 @@ async fn crls_pem(State(state): State<AppState>, headers: HeaderMap) -> Response
         &p.combined_etag,
         "application/x-pem-file",
         crl_max_age(next),
-        Body::from(p.combined_pem.to_vec()),
+        Body::from(p.combined_pem.clone()),
     )
 }
 
@@ -476,7 +482,9 @@ async fn list_certificates(
             let (t, s) = c.split_once('.').ok_or_else(bad_cursor)?;
             Ok::<_, Error>((
                 t.parse::<i64>().map_err(|_| bad_cursor())?,
-                crate::names::Serial::parse(s)?.to_string(),
+                crate::names::Serial::parse(s)
+                    .map_err(|_| bad_cursor())?
+                    .to_string(),
             ))
         })
         .transpose()?;

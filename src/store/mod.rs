@@ -35,6 +35,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
 /// The advisory lock key PostgreSQL replicas take while building a CRL ("sigilcrl").
 const CRL_LOCK_KEY: i64 = 0x7369_6769_6c63_726c;
+/// The counter row every revoking transaction advances.
+const REVOCATION_SEQ: &str = "revocations";
 
 #[derive(Clone)]
 pub struct Store {
@@ -146,13 +148,22 @@ pub struct RevokedEntry {
     pub reason: Option<String>,
 }
 
-/// A published CRL.
-#[derive(Clone)]
-pub struct StoredCrl {
+/// What is known of a published CRL without reading its bytes: replicas poll this often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlInfo {
     pub number: i64,
     pub this_update: i64,
     pub next_update: i64,
     pub entries: i64,
+    /// The revocation sequence number this CRL covers: every revocation that took a number up
+    /// to this one is listed (or has since expired).
+    pub revocation_seq: i64,
+}
+
+/// A published CRL.
+#[derive(Clone)]
+pub struct StoredCrl {
+    pub info: CrlInfo,
     pub der: Vec<u8>,
 }
 
@@ -476,6 +487,7 @@ impl Store {
         let record = cert_from_row(&row, now)?;
         let changed = first + upgraded > 0;
         if changed {
+            advance_revocation_seq(&mut tx).await?;
             let event = NewAuditEvent {
                 action: if first > 0 {
                     "revoke"
@@ -495,6 +507,10 @@ impl Store {
 
     /// Disables an identity and revokes all its unexpired certificates. Returns how many
     /// certificates this call revoked.
+    ///
+    /// # Errors
+    ///
+    /// `unknown-identity` (404) when no certificate was ever recorded for the identity.
     pub async fn revoke_identity(
         &self,
         identity: &str,
@@ -503,14 +519,18 @@ impl Store {
         actor: &str,
     ) -> Result<u64> {
         let (_turn, mut tx) = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO identities (name, enabled, changed_at) VALUES ($1, 0, $2) \
-             ON CONFLICT (name) DO UPDATE SET enabled = 0, changed_at = excluded.changed_at",
-        )
-        .bind(identity)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // The update takes the identity's row lock first, which orders this revocation against
+        // concurrent issuances (see record_issuance).
+        let known =
+            sqlx::query("UPDATE identities SET enabled = 0, changed_at = $2 WHERE name = $1")
+                .bind(identity)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if known == 0 {
+            return Err(unknown_identity(identity));
+        }
         let revoked = sqlx::query(
             "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
              WHERE identity = $1 AND status = 'active' AND not_after > $2",
@@ -521,7 +541,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if reason == "keyCompromise" {
+        let upgraded = if reason == "keyCompromise" {
             sqlx::query(
                 "UPDATE certificates SET revocation_reason = 'keyCompromise' \
                  WHERE identity = $1 AND status = 'revoked' AND not_after > $2 \
@@ -530,31 +550,47 @@ impl Store {
             .bind(identity)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+        } else {
+            0
+        };
+        if revoked + upgraded > 0 {
+            advance_revocation_seq(&mut tx).await?;
         }
         let event = NewAuditEvent {
             action: "revoke-identity",
             actor: actor.to_owned(),
             identity: Some(identity.to_owned()),
             serial: None,
-            detail: serde_json::json!({ "reason": reason, "revoked": revoked }),
+            detail: serde_json::json!({
+                "reason": reason,
+                "revoked": revoked,
+                "reason_upgraded": upgraded,
+            }),
         };
         insert_audit(&mut tx, now, &event).await?;
         tx.commit().await?;
         Ok(revoked)
     }
 
-    /// Enables an identity again.
+    /// Enables an identity again. Its revoked certificates stay revoked.
+    ///
+    /// # Errors
+    ///
+    /// `unknown-identity` (404) when no certificate was ever recorded for the identity.
     pub async fn enable_identity(&self, identity: &str, now: i64, actor: &str) -> Result<()> {
         let (_turn, mut tx) = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO identities (name, enabled, changed_at) VALUES ($1, 1, $2) \
-             ON CONFLICT (name) DO UPDATE SET enabled = 1, changed_at = excluded.changed_at",
-        )
-        .bind(identity)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let known =
+            sqlx::query("UPDATE identities SET enabled = 1, changed_at = $2 WHERE name = $1")
+                .bind(identity)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if known == 0 {
+            return Err(unknown_identity(identity));
+        }
         let event = NewAuditEvent {
             action: "enable-identity",
             actor: actor.to_owned(),
@@ -710,29 +746,35 @@ impl Store {
         Ok(n)
     }
 
-    /// Revoked certificates of one issuer that have not yet expired.
-    pub async fn revoked_entries(
+    /// Hands `each` every revoked certificate of one issuer that has not yet expired, row by
+    /// row as the database returns them, so that a CRL of a million entries is never held as
+    /// database rows too. Returns the revocation sequence number the entries cover.
+    pub async fn for_each_revoked(
         &self,
         issuer_key_id: &str,
         now: i64,
-    ) -> Result<Vec<RevokedEntry>> {
-        let rows = sqlx::query(
+        mut each: impl FnMut(RevokedEntry) -> Result<()>,
+    ) -> Result<i64> {
+        // The counter is read first. A revocation that took a number up to this one has
+        // committed, so the entry query below, which starts later, sees it; a revocation
+        // still in flight takes a larger number and causes the next build.
+        let revocation_seq = self.revocation_seq().await?;
+        let mut rows = sqlx::query(
             "SELECT serial, revoked_at, revocation_reason FROM certificates \
              WHERE issuer_key_id = $1 AND status = 'revoked' AND not_after > $2",
         )
         .bind(issuer_key_id)
         .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevokedEntry {
-                    serial: r.try_get("serial")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    reason: r.try_get("revocation_reason")?,
-                })
-            })
-            .collect()
+        .fetch(&self.pool);
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            let r = row?;
+            each(RevokedEntry {
+                serial: r.try_get("serial")?,
+                revoked_at: r.try_get("revoked_at")?,
+                reason: r.try_get("revocation_reason")?,
+            })?;
+        }
+        Ok(revocation_seq)
     }
 
     /// Publishes a CRL unless a newer one is already stored. Returns whether it was stored.
@@ -740,14 +782,15 @@ impl Store {
         let (_turn, mut tx) = self.begin_write().await?;
         let stored = sqlx::query(
             "UPDATE crls SET number = $2, this_update = $3, next_update = $4, entries = $5, \
-             der = $6 WHERE scope = $1 AND (number IS NULL OR number < $2)",
+             der = $6, revocation_seq = $7 WHERE scope = $1 AND (number IS NULL OR number < $2)",
         )
         .bind(scope)
-        .bind(crl.number)
-        .bind(crl.this_update)
-        .bind(crl.next_update)
-        .bind(crl.entries)
+        .bind(crl.info.number)
+        .bind(crl.info.this_update)
+        .bind(crl.info.next_update)
+        .bind(crl.info.entries)
         .bind(&crl.der)
+        .bind(crl.info.revocation_seq)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -755,35 +798,69 @@ impl Store {
         Ok(stored > 0)
     }
 
-    pub async fn latest_crl(&self, scope: &str) -> Result<Option<StoredCrl>> {
+    /// The newest published CRL of `scope`, without its bytes.
+    pub async fn latest_crl_info(&self, scope: &str) -> Result<Option<CrlInfo>> {
         let row = sqlx::query(
-            "SELECT number, this_update, next_update, entries, der FROM crls \
+            "SELECT number, this_update, next_update, entries, revocation_seq FROM crls \
              WHERE scope = $1 AND der IS NOT NULL",
         )
         .bind(scope)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
-            Ok(StoredCrl {
+            Ok(CrlInfo {
                 number: r.try_get("number")?,
                 this_update: r.try_get("this_update")?,
                 next_update: r.try_get("next_update")?,
                 entries: r.try_get("entries")?,
-                der: r.try_get("der")?,
+                revocation_seq: r.try_get("revocation_seq")?,
             })
         })
         .transpose()
     }
 
-    /// The newest revocation time recorded, to notice revocations made by other replicas.
-    pub async fn last_revocation_at(&self) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(revoked_at), 0) AS t FROM certificates WHERE status = 'revoked'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("t")?)
+    /// The bytes of the CRL of `scope` numbered `number`; `None` once a newer one replaced it.
+    pub async fn crl_der(&self, scope: &str, number: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT der FROM crls WHERE scope = $1 AND number = $2")
+            .bind(scope)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("der")?)).transpose()
     }
+
+    /// The number of the newest committed revocation, to notice revocations made here or at
+    /// other replicas; 0 before the first.
+    pub async fn revocation_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM counters WHERE name = $1")
+            .bind(REVOCATION_SEQ)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("value")?,
+            None => 0,
+        })
+    }
+}
+
+/// Takes the next revocation sequence number inside a revoking transaction. The row lock it
+/// takes makes numbers follow commit order, which the CRL builder relies on.
+async fn advance_revocation_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES ($1, 1) \
+         ON CONFLICT (name) DO UPDATE SET value = counters.value + 1",
+    )
+    .bind(REVOCATION_SEQ)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn unknown_identity(identity: &str) -> Error {
+    Error::not_found(
+        "unknown-identity",
+        format!("no certificate was ever issued to identity {identity:?}; check the name"),
+    )
 }
 
 async fn insert_audit(
