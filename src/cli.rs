@@ -75,7 +75,10 @@ pub enum Command {
         #[arg(long)]
         service: Option<String>,
         /// RFC 5280 reason [default: unspecified]
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::authority::REASONS))]
+        #[arg(
+            long,
+            value_parser = clap::builder::PossibleValuesParser::new(crate::authority::REASONS)
+        )]
         reason: Option<String>,
         /// Print the CA's JSON answer
         #[arg(long)]
@@ -236,7 +239,10 @@ pub struct AgentArgs {
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     /// Import this root certificate (PEM) instead of creating one; needs all four --import-* files
-    #[arg(long, requires_all = ["import_root_key", "import_intermediate_cert", "import_intermediate_key"])]
+    #[arg(
+        long,
+        requires_all = ["import_root_key", "import_intermediate_cert", "import_intermediate_key"]
+    )]
     pub import_root_cert: Option<PathBuf>,
     /// The imported root's private key (PKCS#8 PEM)
     #[arg(long, requires = "import_root_cert")]

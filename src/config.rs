@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// Address to listen on for HTTPS [default: 127.0.0.1:8443]
     #[arg(long, env = "SIGIL_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Database URL: sqlite:PATH or postgres://USER@HOST:PORT/DB [default: sqlite in the data directory]
+    /// Database URL: sqlite:PATH or postgres://USER@HOST:PORT/DB
+    /// [default: sqlite in the data directory]
     #[arg(long, env = "SIGIL_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Largest number of database connections [default: 16]

@@ -173,11 +173,19 @@ impl Metrics {
                     out,
                     "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
                 );
-                let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {sum}\n{name}_count{{route=\"{route}\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{{route=\"{route}\"}} {sum}\n\
+                     {name}_count{{route=\"{route}\"}} {count}"
+                );
             }
         }
 
-        let _ = writeln!(out, "# HELP sigil_crl_age_seconds Seconds since the served CRL's thisUpdate.\n# TYPE sigil_crl_age_seconds gauge");
+        let _ = writeln!(
+            out,
+            "# HELP sigil_crl_age_seconds Seconds since the served CRL's thisUpdate.\n\
+             # TYPE sigil_crl_age_seconds gauge"
+        );
         for (scope, this_update, _, _) in &g.crl {
             let _ = writeln!(
                 out,
@@ -212,7 +220,11 @@ impl Metrics {
              sigil_db_pool_max_connections {}",
             g.pool_size, g.pool_idle, g.pool_max
         );
-        let _ = writeln!(out, "# HELP sigil_ca_expiry_seconds Seconds until each CA certificate expires.\n# TYPE sigil_ca_expiry_seconds gauge");
+        let _ = writeln!(
+            out,
+            "# HELP sigil_ca_expiry_seconds Seconds until each CA certificate expires.\n\
+             # TYPE sigil_ca_expiry_seconds gauge"
+        );
         for (which, not_after) in &g.ca_not_after {
             let _ = writeln!(
                 out,

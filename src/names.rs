@@ -267,7 +267,10 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let bad = || {
         Error::malformed(
             "bad-duration",
-            format!("duration {s:?} must be a number with a unit: s, m, h or d (for example 10m or 1h30m)"),
+            format!(
+                "duration {s:?} must be a number with a unit: s, m, h or d \
+                 (for example 10m or 1h30m)"
+            ),
         )
     };
     let mut total: u64 = 0;

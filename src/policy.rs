@@ -1421,24 +1421,67 @@ allow_token_names = true
     #[test]
     fn errors_name_file_and_line() {
         let cases = [
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"bad name\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nmax_ttl = \"forever\"\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nbogus = 1\n", 4),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"bad name\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nmax_ttl = \"forever\"\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nbogus = 1\n",
+                4,
+            ),
             ("[[policy]]\nname = \"a\"\nidentities = [\"Bad\"]\n", 3),
             ("[[policy]]\nname = \"a\"\nidentities = []\n", 3),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"a*.x\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"{service}.x\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"10.0.0.1\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nip = [\"10.1.2.3/16\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nip = [\"10.0.0.0/33\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"spiffe://x/a*\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"spiffe://x*\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"not a uri\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nekus = []\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nekus = [\"code\"]\n", 4),
-            ("[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nkey_types = [\"dsa\"]\n", 4),
             (
-                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nmax_ttl = \"1h\"\ndefault_ttl = \"2h\"\n",
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"a*.x\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"{service}.x\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\ndns = [\"10.0.0.1\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nip = [\"10.1.2.3/16\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nip = [\"10.0.0.0/33\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"spiffe://x/a*\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"spiffe://x*\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"not a uri\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nekus = []\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nekus = [\"code\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nkey_types = [\"dsa\"]\n",
+                4,
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\n\
+                 max_ttl = \"1h\"\ndefault_ttl = \"2h\"\n",
                 5,
             ),
             (
@@ -1446,7 +1489,8 @@ allow_token_names = true
                 4,
             ),
             (
-                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\n\n[[policy]]\nname = \"a\"\nidentities = [\"x\"]\n",
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\n\n\
+                 [[policy]]\nname = \"a\"\nidentities = [\"x\"]\n",
                 6,
             ),
             (
@@ -1454,15 +1498,18 @@ allow_token_names = true
                 4,
             ),
             (
-                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nprovisioners = [\"admin\"]\ndns = [\"x\"]\nallow_token_names = true\n",
+                "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\n\
+                 provisioners = [\"admin\"]\ndns = [\"x\"]\nallow_token_names = true\n",
                 6,
             ),
             (
-                "[[provisioner]]\nname = \"admin\"\npublic_key_file = \"ci.pub\"\nidentities = [\"x\"]\n",
+                "[[provisioner]]\nname = \"admin\"\n\
+                 public_key_file = \"ci.pub\"\nidentities = [\"x\"]\n",
                 2,
             ),
             (
-                "[[provisioner]]\nname = \"ci ci\"\npublic_key_file = \"ci.pub\"\nidentities = [\"x\"]\n",
+                "[[provisioner]]\nname = \"ci ci\"\n\
+                 public_key_file = \"ci.pub\"\nidentities = [\"x\"]\n",
                 2,
             ),
             (
@@ -1474,7 +1521,8 @@ allow_token_names = true
                 2,
             ),
             (
-                "[[provisioner]]\nname = \"ci\"\npublic_key_file = \"missing.pub\"\nidentities = [\"x\"]\n",
+                "[[provisioner]]\nname = \"ci\"\n\
+                 public_key_file = \"missing.pub\"\nidentities = [\"x\"]\n",
                 2,
             ),
             ("[[provisioner]]\nname = \"ci\"\nidentities = [\"x\"]\n", 2),
@@ -1492,7 +1540,8 @@ allow_token_names = true
 
     #[test]
     fn trust_domain_placeholder_needs_a_trust_domain() {
-        let text = "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\nuri = [\"spiffe://{trust_domain}/{identity}\"]\n";
+        let text = "[[policy]]\nname = \"a\"\nidentities = [\"ok\"]\n\
+                    uri = [\"spiffe://{trust_domain}/{identity}\"]\n";
         assert!(set_with(text).is_ok());
         let none = Defaults {
             trust_domain: None,

@@ -475,7 +475,8 @@ pub fn explain(
         let known: Vec<&str> = set.provisioners.keys().map(String::as_str).collect();
         let _ = writeln!(
             out,
-            "refused (401 unknown-provisioner): token names provisioner {:?}, which this CA does not know; known: {}",
+            "refused (401 unknown-provisioner): token names provisioner {:?}, \
+             which this CA does not know; known: {}",
             req.provisioner,
             known.join(", ")
         );

@@ -115,7 +115,12 @@ fn ensure_server_cert(ca: &Ca, files: &CaFiles, settings: &Settings) -> anyhow::
         .map_err(|e| anyhow::anyhow!(e.detail))?;
     keyfile::write_atomic(&key_path, key.as_bytes(), 0o600)?;
     keyfile::write_atomic(&cert_path, chain.as_bytes(), 0o644)?;
-    tracing::info!(file = %cert_path.display(), dns = ?settings.dns, ip = ?settings.ip, "issued the server's TLS certificate");
+    tracing::info!(
+        file = %cert_path.display(),
+        dns = ?settings.dns,
+        ip = ?settings.ip,
+        "issued the server's TLS certificate"
+    );
     Ok(())
 }
 
@@ -162,7 +167,10 @@ pub async fn serve(mut settings: Settings, addr_file: Option<PathBuf>) -> anyhow
     let settings = Arc::new(settings);
     let files = CaFiles::new(&settings.data_dir);
     if !files.is_initialized() {
-        tracing::info!(dir = %settings.data_dir.display(), "data directory holds no CA; initializing it");
+        tracing::info!(
+            dir = %settings.data_dir.display(),
+            "data directory holds no CA; initializing it"
+        );
         let report = init(&settings, None).await?;
         announce(&report);
     }
@@ -329,7 +337,10 @@ async fn reload_policies_on_sighup(authority: Arc<Authority>) {
         match authority.reload_policies() {
             Ok(set) => log_policies(&set, "reloaded policies"),
             Err(e) => {
-                tracing::error!(error = %e.detail, "policy reload failed; the previous policies stay in force")
+                tracing::error!(
+                    error = %e.detail,
+                    "policy reload failed; the previous policies stay in force"
+                )
             }
         }
     }

@@ -78,7 +78,8 @@ impl VerifyingKey {
         })
     }
 
-    /// Reads a public JWK: `{"kty":"EC","crv":"P-256","x","y"}` or `{"kty":"OKP","crv":"Ed25519","x"}`.
+    /// Reads a public JWK: `{"kty":"EC","crv":"P-256","x","y"}` or
+    /// `{"kty":"OKP","crv":"Ed25519","x"}`.
     pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self> {
         let bad = |why: &str| Error::malformed("bad-provisioner-key", format!("JWK {why}"));
         let field = |name: &str| -> Result<Vec<u8>> {
@@ -414,7 +415,8 @@ impl Unverified<'_> {
         }
         if c.jti.len() < MIN_JTI_LEN || c.jti.len() > MAX_JTI_LEN {
             return Err(bad_token(format!(
-                "token jti must be {MIN_JTI_LEN} to {MAX_JTI_LEN} characters (128 random bits or more)"
+                "token jti must be {MIN_JTI_LEN} to {MAX_JTI_LEN} characters \
+                 (128 random bits or more)"
             )));
         }
         Ok(c)
@@ -538,7 +540,8 @@ mod tests {
         let SigningKey::EdDsa(k) = &key else {
             unreachable!()
         };
-        let jwk = serde_json::json!({"kty":"OKP","crv":"Ed25519","x": B64.encode(k.public_key().as_ref())});
+        let x = B64.encode(k.public_key().as_ref());
+        let jwk = serde_json::json!({"kty":"OKP","crv":"Ed25519","x": x});
         let vk = VerifyingKey::from_jwk(&jwk).unwrap();
         let t = mint(&key, &claims(1000)).unwrap();
         assert!(parse(&t).unwrap().verify(&vk, &expect(1000)).is_ok());

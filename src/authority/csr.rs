@@ -62,7 +62,10 @@ impl VerifiedCsr {
         if !ACCEPTED_SIGNATURES.contains(&sig_oid.as_str()) {
             return Err(Error::forbidden(
                 "weak-signature",
-                format!("CSR signature algorithm {sig_oid} is not accepted; sign with SHA-256 or better"),
+                format!(
+                    "CSR signature algorithm {sig_oid} is not accepted; \
+                     sign with SHA-256 or better"
+                ),
             ));
         }
         // The key type is judged first, so that a weak key is named as such rather than
@@ -72,7 +75,8 @@ impl VerifiedCsr {
         csr.verify_signature().map_err(|_| {
             Error::malformed(
                 "bad-csr-signature",
-                "CSR self-signature does not verify: it was altered, or not signed with its own key",
+                "CSR self-signature does not verify: \
+                 it was altered, or not signed with its own key",
             )
         })?;
         let mut sans = Vec::new();
@@ -100,16 +104,28 @@ fn general_name(name: &GeneralName<'_>) -> Result<San> {
         GeneralName::DNSName(d) => San::parse(d),
         GeneralName::URI(u) => San::parse(u).and_then(|s| match s {
             San::Uri(_) => Ok(s),
-            _ => Err(Error::malformed("bad-name", format!("URI {u:?} is not an absolute URI"))),
+            _ => Err(Error::malformed(
+                "bad-name",
+                format!("URI {u:?} is not an absolute URI"),
+            )),
         }),
         GeneralName::IPAddress(bytes) => match bytes.len() {
-            4 => Ok(San::Ip(<[u8; 4]>::try_from(*bytes).map(std::net::IpAddr::from).map_err(|_| bad_ip())?)),
-            16 => Ok(San::Ip(<[u8; 16]>::try_from(*bytes).map(std::net::IpAddr::from).map_err(|_| bad_ip())?)),
+            4 => {
+                let octets = <[u8; 4]>::try_from(*bytes).map_err(|_| bad_ip())?;
+                Ok(San::Ip(std::net::IpAddr::from(octets)))
+            }
+            16 => {
+                let octets = <[u8; 16]>::try_from(*bytes).map_err(|_| bad_ip())?;
+                Ok(San::Ip(std::net::IpAddr::from(octets)))
+            }
             _ => Err(bad_ip()),
         },
         other => Err(Error::forbidden(
             "name-type-not-allowed",
-            format!("CSR asks for a name of a type this CA does not issue ({other}); use DNS names, IP addresses or URIs"),
+            format!(
+                "CSR asks for a name of a type this CA does not issue ({other}); \
+                 use DNS names, IP addresses or URIs"
+            ),
         )),
     }
 }

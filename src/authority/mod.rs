@@ -225,7 +225,14 @@ impl Authority {
                     key: Some(csr.key_kind),
                 })
                 .inspect_err(|e| {
-                    tracing::info!(service = %identity, provisioner = %provisioner.name, jti = %claims.jti, code = e.code, reason = %e.detail, "policy refused certificate");
+                    tracing::info!(
+                        service = %identity,
+                        provisioner = %provisioner.name,
+                        jti = %claims.jti,
+                        code = e.code,
+                        reason = %e.detail,
+                        "policy refused certificate"
+                    );
                 })?;
 
             // Step 5: the signer signs the decided template.
@@ -252,12 +259,22 @@ impl Authority {
             actor: format!("provisioner:{}", claims.iss),
             identity: Some(identity.to_string()),
             serial: Some(signed.serial.to_string()),
-            detail: serde_json::json!({ "jti": claims.jti, "sans": record.sans, "not_after": record.not_after }),
+            detail: serde_json::json!({
+                "jti": claims.jti,
+                "sans": record.sans,
+                "not_after": record.not_after,
+            }),
         };
         self.store.record_issuance(&record, &audit).await?;
 
         // Step 7: only now, after commit, does the certificate leave.
-        tracing::info!(serial = %signed.serial, service = %identity, provisioner = %claims.iss, jti = %claims.jti, "issued certificate");
+        tracing::info!(
+            serial = %signed.serial,
+            service = %identity,
+            provisioner = %claims.iss,
+            jti = %claims.jti,
+            "issued certificate"
+        );
         Ok(self.issued(signed))
     }
 
@@ -273,7 +290,8 @@ impl Authority {
         let Some(leaf_der) = peer_chain.and_then(|c| c.first()) else {
             return Err(Error::unauthenticated(
                 "no-client-certificate",
-                "renewal needs the current certificate: connect with it and its key as a TLS client certificate",
+                "renewal needs the current certificate: \
+                 connect with it and its key as a TLS client certificate",
             ));
         };
         // A certificate the served CRL lists is refused before anything else.
@@ -295,14 +313,20 @@ impl Authority {
         else {
             return Err(Error::forbidden(
                 "unknown-certificate",
-                format!("certificate {serial} was not issued by this CA's records; request a new one with a token"),
+                format!(
+                    "certificate {serial} was not issued by this CA's records; \
+                     request a new one with a token"
+                ),
             ));
         };
         match old.status {
             "revoked" => {
                 return Err(Error::forbidden(
                     "certificate-revoked",
-                    format!("certificate {serial} is revoked and cannot renew; request a new one with a token"),
+                    format!(
+                        "certificate {serial} is revoked and cannot renew; \
+                         request a new one with a token"
+                    ),
                 ))
             }
             "expired" => {
@@ -334,7 +358,11 @@ impl Authority {
             let spiffe = spiffe_id(&settings, &identity);
             let old_sans: Vec<San> = old.sans.iter().filter_map(|s| San::parse(s).ok()).collect();
             let mut sans = Vec::new();
-            let requested = if csr.sans.is_empty() { old_sans.clone() } else { csr.sans.clone() };
+            let requested = if csr.sans.is_empty() {
+                old_sans.clone()
+            } else {
+                csr.sans.clone()
+            };
             for san in requested {
                 if Some(&san) == spiffe.as_ref() {
                     continue;
@@ -342,7 +370,10 @@ impl Authority {
                 if !old_sans.contains(&san) {
                     return Err(Error::forbidden(
                         "name-not-in-certificate",
-                        format!("renewal may not add names: {san} is not in certificate {}", old.serial),
+                        format!(
+                            "renewal may not add names: {san} is not in certificate {}",
+                            old.serial
+                        ),
                     ));
                 }
                 sans.push(san);
@@ -351,7 +382,10 @@ impl Authority {
             let Some(provisioner) = policies.provisioner(provisioner_name) else {
                 return Err(Error::forbidden(
                     "unknown-provisioner",
-                    format!("provisioner {provisioner_name:?} that authorized this identity no longer exists"),
+                    format!(
+                        "provisioner {provisioner_name:?} that authorized this identity \
+                         no longer exists"
+                    ),
                 ));
             };
             let decision = policies.evaluate(&policy::Request {
@@ -376,10 +410,18 @@ impl Authority {
             actor: format!("certificate:{}", old.serial),
             identity: Some(old.identity.clone()),
             serial: Some(signed.serial.to_string()),
-            detail: serde_json::json!({ "renewed_from": old.serial, "not_after": record.not_after }),
+            detail: serde_json::json!({
+                "renewed_from": old.serial,
+                "not_after": record.not_after,
+            }),
         };
         self.store.record_issuance(&record, &audit).await?;
-        tracing::info!(serial = %signed.serial, service = %old.identity, renewed_from = %old.serial, "renewed certificate");
+        tracing::info!(
+            serial = %signed.serial,
+            service = %old.identity,
+            renewed_from = %old.serial,
+            "renewed certificate"
+        );
         Ok(self.issued(signed))
     }
 
@@ -517,10 +559,19 @@ impl Authority {
             actor: caller.actor(),
             identity: Some(identity.to_string()),
             serial: None,
-            detail: serde_json::json!({ "jti": claims.jti, "sans": claims.sans, "expires_at": claims.exp }),
+            detail: serde_json::json!({
+                "jti": claims.jti,
+                "sans": claims.sans,
+                "expires_at": claims.exp,
+            }),
         };
         self.store.audit(now, &audit).await?;
-        tracing::info!(service = %identity, jti = %claims.jti, admin_key = %caller.key_id, "created token");
+        tracing::info!(
+            service = %identity,
+            jti = %claims.jti,
+            admin_key = %caller.key_id,
+            "created token"
+        );
         Ok(TokenGrant {
             token,
             jti: claims.jti,
@@ -556,7 +607,13 @@ impl Authority {
             .await?;
         if rev.changed {
             self.metrics.revocations.inc(reason);
-            tracing::info!(serial = %serial, service = %rev.record.identity, reason, admin_key = %caller.key_id, "revoked certificate");
+            tracing::info!(
+                serial = %serial,
+                service = %rev.record.identity,
+                reason,
+                admin_key = %caller.key_id,
+                "revoked certificate"
+            );
             self.crl.revocation_happened();
         }
         Ok(rev.record)
@@ -575,7 +632,13 @@ impl Authority {
             .revoke_identity(identity.as_str(), reason, now_secs(), &caller.actor())
             .await?;
         self.metrics.revocations.add(reason, n);
-        tracing::warn!(service = %identity, revoked = n, reason, admin_key = %caller.key_id, "disabled identity and revoked its certificates");
+        tracing::warn!(
+            service = %identity,
+            revoked = n,
+            reason,
+            admin_key = %caller.key_id,
+            "disabled identity and revoked its certificates"
+        );
         self.crl.revocation_happened();
         Ok(n)
     }

@@ -285,7 +285,8 @@ pub async fn enable(
         println!("{}", pretty(&answer)?);
     } else {
         println!(
-            "enabled {service}: it may get certificates again; its revoked certificates stay revoked"
+            "enabled {service}: it may get certificates again; \
+             its revoked certificates stay revoked"
         );
     }
     Ok(())

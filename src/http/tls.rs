@@ -207,7 +207,9 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("some connections did not finish in time"),
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!("some connections did not finish in time")
+        }
     }
     Ok(())
 }
