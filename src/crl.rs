@@ -356,6 +356,73 @@ fn crl_entry(e: RevokedEntry) -> Result<CrlEntry> {
     Ok(CrlEntry::new(&serial, revoked_at, reason))
 }
 
+/// Checks a client certificate chain against the CRLs being served, with rustls' own
+/// verifier, rebuilt for each new CRL. Renewal asks it first, so a certificate listed in the
+/// served CRL is refused with a problem+json answer that names the CRL; the database check
+/// that follows also catches revocations too new to be in any CRL.
+pub struct RevocationCheck {
+    root: rustls::pki_types::CertificateDer<'static>,
+    current: ArcSwap<Option<(i64, Arc<dyn rustls::server::danger::ClientCertVerifier>)>>,
+}
+
+impl RevocationCheck {
+    pub fn new(root_der: &[u8]) -> Self {
+        RevocationCheck {
+            root: root_der.to_vec().into(),
+            current: ArcSwap::from_pointee(None),
+        }
+    }
+
+    /// Builds a verifier for `published`. Parsing a large CRL takes a while: call it off the
+    /// threads that serve requests.
+    pub fn update(&self, published: &Published) -> anyhow::Result<()> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.root.clone())?;
+        let crls = vec![
+            published.intermediate.der.to_vec().into(),
+            published.root.der.to_vec().into(),
+        ];
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls)
+                .build()?;
+        self.current
+            .store(Arc::new(Some((published.intermediate.number, verifier))));
+        Ok(())
+    }
+
+    /// Refuses a chain whose leaf or intermediate a served CRL lists. Other verification
+    /// failures (an expired leaf) are left to the authority, which answers them from the
+    /// database.
+    pub fn check(&self, chain: &[Vec<u8>]) -> Result<()> {
+        let Some((number, verifier)) = self.current.load().as_ref().clone() else {
+            return Ok(());
+        };
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Ok(());
+        };
+        let leaf = rustls::pki_types::CertificateDer::from(leaf.as_slice());
+        let intermediates: Vec<_> = rest
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
+            .collect();
+        let now = rustls::pki_types::UnixTime::now();
+        match verifier.verify_client_cert(&leaf, &intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                Err(Error::forbidden(
+                    "certificate-revoked",
+                    format!(
+                        "the client certificate is listed as revoked in CRL number {number}; \
+                         request a new certificate with a token"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,72 +535,5 @@ mod tests {
         assert!(upgrade.changed);
         publisher.refresh(false).await.unwrap();
         assert!(publisher.current().unwrap().intermediate.number > built);
-    }
-}
-
-/// Checks a client certificate chain against the CRLs being served, with rustls' own
-/// verifier, rebuilt for each new CRL. Renewal asks it first, so a certificate listed in the
-/// served CRL is refused with a problem+json answer that names the CRL; the database check
-/// that follows also catches revocations too new to be in any CRL.
-pub struct RevocationCheck {
-    root: rustls::pki_types::CertificateDer<'static>,
-    current: ArcSwap<Option<(i64, Arc<dyn rustls::server::danger::ClientCertVerifier>)>>,
-}
-
-impl RevocationCheck {
-    pub fn new(root_der: &[u8]) -> Self {
-        RevocationCheck {
-            root: root_der.to_vec().into(),
-            current: ArcSwap::from_pointee(None),
-        }
-    }
-
-    /// Builds a verifier for `published`. Parsing a large CRL takes a while: call it off the
-    /// threads that serve requests.
-    pub fn update(&self, published: &Published) -> anyhow::Result<()> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.root.clone())?;
-        let crls = vec![
-            published.intermediate.der.to_vec().into(),
-            published.root.der.to_vec().into(),
-        ];
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(crls)
-                .build()?;
-        self.current
-            .store(Arc::new(Some((published.intermediate.number, verifier))));
-        Ok(())
-    }
-
-    /// Refuses a chain whose leaf or intermediate a served CRL lists. Other verification
-    /// failures (an expired leaf) are left to the authority, which answers them from the
-    /// database.
-    pub fn check(&self, chain: &[Vec<u8>]) -> Result<()> {
-        let Some((number, verifier)) = self.current.load().as_ref().clone() else {
-            return Ok(());
-        };
-        let Some((leaf, rest)) = chain.split_first() else {
-            return Ok(());
-        };
-        let leaf = rustls::pki_types::CertificateDer::from(leaf.as_slice());
-        let intermediates: Vec<_> = rest
-            .iter()
-            .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
-            .collect();
-        let now = rustls::pki_types::UnixTime::now();
-        match verifier.verify_client_cert(&leaf, &intermediates, now) {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
-                Err(Error::forbidden(
-                    "certificate-revoked",
-                    format!(
-                        "the client certificate is listed as revoked in CRL number {number}; \
-                         request a new certificate with a token"
-                    ),
-                ))
-            }
-            _ => Ok(()),
-        }
     }
 }
