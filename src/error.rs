@@ -19,6 +19,8 @@ pub enum Kind {
     NotFound,
     /// The request body is larger than the server accepts.
     TooLarge,
+    /// The request body is not of a media type the endpoint reads.
+    UnsupportedMediaType,
     /// A dependency (the database) is unreachable; the caller may retry later.
     Unavailable,
     /// A fault of the server itself; details go to the log, never to the client.

@@ -11,6 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Input echoed back in an error message, cut to a readable length: a caller who sent a
+/// megabyte of junk does not need it returned.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{:?}...", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
 /// Longest identity accepted, in bytes. Identities end up in a subject CN, whose upper bound
 /// is 64 characters (RFC 5280, ub-common-name).
 pub const MAX_IDENTITY_LEN: usize = 64;
@@ -26,7 +36,10 @@ impl Identity {
         if s.is_empty() || s.len() > MAX_IDENTITY_LEN {
             return Err(Error::malformed(
                 "bad-identity",
-                format!("identity {s:?} must be 1 to {MAX_IDENTITY_LEN} characters long"),
+                format!(
+                    "identity {} must be 1 to {MAX_IDENTITY_LEN} characters long",
+                    clip(s)
+                ),
             ));
         }
         for label in s.split('.') {
@@ -40,8 +53,9 @@ impl Identity {
                 return Err(Error::malformed(
                     "bad-identity",
                     format!(
-                        "identity {s:?} must be dot-separated labels of lowercase letters, \
-                         digits and inner hyphens, like \"payments\" or \"billing.api\""
+                        "identity {} must be dot-separated labels of lowercase letters, \
+                         digits and inner hyphens, like \"payments\" or \"billing.api\"",
+                        clip(s)
                     ),
                 ));
             }
@@ -122,7 +136,7 @@ impl<'de> Deserialize<'de> for San {
 }
 
 fn parse_dns(s: &str) -> Result<String> {
-    let bad = |why: &str| Error::malformed("bad-name", format!("DNS name {s:?} {why}"));
+    let bad = |why: &str| Error::malformed("bad-name", format!("DNS name {} {why}", clip(s)));
     if !s.is_ascii() {
         return Err(bad(
             "is not ASCII: write internationalized names as punycode A-labels (xn--)",
@@ -161,7 +175,7 @@ fn parse_dns(s: &str) -> Result<String> {
 }
 
 fn parse_uri(s: &str) -> Result<String> {
-    let bad = |why: &str| Error::malformed("bad-name", format!("URI {s:?} {why}"));
+    let bad = |why: &str| Error::malformed("bad-name", format!("URI {} {why}", clip(s)));
     let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("has no scheme"))?;
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme
@@ -214,7 +228,11 @@ impl Serial {
         if hex.is_empty() || hex.len() > 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::malformed(
                 "bad-serial",
-                format!("serial {s:?} must be 1 to 40 hexadecimal digits"),
+                format!(
+                    "serial {} must be a positive hexadecimal number of at most 40 digits \
+                     (colons allowed)",
+                    clip(s)
+                ),
             ));
         }
         Ok(Serial(hex.to_owned()))
@@ -268,8 +286,9 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         Error::malformed(
             "bad-duration",
             format!(
-                "duration {s:?} must be a number with a unit: s, m, h or d \
-                 (for example 10m or 1h30m)"
+                "duration {} must be a number with a unit: s, m, h or d \
+                 (for example 10m or 1h30m)",
+                clip(s)
             ),
         )
     };
@@ -296,8 +315,14 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         digits.clear();
         saw_unit = true;
     }
-    if !digits.is_empty() || !saw_unit || total == 0 {
+    if !digits.is_empty() || !saw_unit {
         return Err(bad());
+    }
+    if total == 0 {
+        return Err(Error::malformed(
+            "bad-duration",
+            format!("duration {} must be longer than zero", clip(s)),
+        ));
     }
     Ok(Duration::from_secs(total))
 }

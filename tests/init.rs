@@ -48,7 +48,11 @@ fn init_creates_the_documented_files_and_refuses_to_run_twice() {
             .mode();
         assert_eq!(m & 0o777, mode, "{file}");
     }
-    assert!(dir.join("sigil.db").exists());
+    let db_mode = std::fs::metadata(dir.join("sigil.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(db_mode & 0o777, 0o600, "the database holds the audit trail");
     let text = run(Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
         .arg(dir.join("server.crt")))

@@ -563,6 +563,19 @@ async fn bad_inputs_are_refused_cleanly(backend: Backend) {
             case.name
         );
     }
+    // A body declared as something other than JSON is refused as such.
+    for ctype in ["application/x-www-form-urlencoded", "text/plain"] {
+        let resp = http
+            .post(format!("{}/v1/sign", s.url))
+            .header("content-type", ctype)
+            .body(sign_body(&good_csr, &fresh().await))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 415, "{ctype}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "unsupported-media-type", "{ctype}: {body}");
+    }
     // Nothing was left behind, and the server still serves.
     assert_eq!(
         s.count("certificates").await,
@@ -639,10 +652,44 @@ async fn server_refuses_a_readable_key(backend: Backend) {
     }
 }
 
+async fn a_certificate_renews_once(backend: Backend) {
+    let s = Server::start(backend).await;
+    let token = s.token("payments", &["payments.internal"]).await;
+    let (csr, key) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
+    let (status, body) = sign(&s, &csr, &token).await;
+    assert_eq!(status, 201, "{body}");
+    let as_old = s
+        .client()
+        .with_identity(body["chain"].as_str().unwrap(), &key)
+        .unwrap();
+    let renew = |csr: String| {
+        let http = as_old.http().clone();
+        let url = format!("{}/v1/renew", s.url);
+        async move {
+            let resp = http
+                .post(url)
+                .json(&json!({ "csr": csr }))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let first = renew(common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &[]).0).await;
+    assert_eq!(first.0, 201, "{}", first.1);
+    // A copy of the old certificate and key (stolen, or a second instance sharing files)
+    // cannot start a second line of renewals.
+    let second = renew(common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &[]).0).await;
+    assert_eq!(second.0, 403, "{}", second.1);
+    assert_eq!(second.1["code"], "already-renewed");
+    assert_eq!(s.count("certificates").await, 2);
+}
+
 on_both_backends!(
     issues_verifiable_certificates,
     csr_without_names_gets_the_token_names,
     bad_inputs_are_refused_cleanly,
     token_is_single_use,
     server_refuses_a_readable_key,
+    a_certificate_renews_once,
 );

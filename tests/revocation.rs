@@ -505,8 +505,21 @@ async fn identity_kill_switch(backend: Backend) {
     .await;
     assert!(crl.entry(&other.serial).is_none());
 
-    // The disabled identity gets nothing with a fresh token, and the refusal spends nothing.
-    let token = s.token("payments", &["payments.internal"]).await;
+    // The API makes no token for a disabled identity.
+    let (status, body) = admin(
+        &s,
+        "POST",
+        "/v1/admin/tokens",
+        Some(json!({ "service": "payments", "sans": ["payments.internal"] })),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("identity-disabled")),
+        "{body}"
+    );
+    // A token made before the kill switch gets nothing either, and the refusal spends nothing.
+    let token = s.offline_token("payments", &["payments.internal"]);
     let tokens_before = s.count("tokens").await;
     let certs_before = s.count("certificates").await;
     let (status, problem) = sign(&s, "payments", &token).await;
@@ -898,7 +911,7 @@ async fn command_line_revokes_and_lists(backend: Backend) {
     assert!(ok);
     let page: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{out}");
-    let token = s.token("payments", &["payments.internal"]).await;
+    let token = s.offline_token("payments", &["payments.internal"]);
     assert_eq!(sign(&s, "payments", &token).await.0, 403);
     let (ok, out, err) = sigil(&s, &["enable", "--service", "payments"]);
     assert!(ok, "{err}");

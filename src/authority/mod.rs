@@ -515,6 +515,17 @@ impl Authority {
     ) -> Result<TokenGrant> {
         let identity = Identity::parse(service)?;
         let parsed: Vec<San> = sans.iter().map(|s| San::parse(s)).collect::<Result<_>>()?;
+        if !self.store.identity_enabled(identity.as_str()).await? {
+            return Err(Error::forbidden(
+                "identity-disabled",
+                format!(
+                    "identity {:?} is disabled; enable it (sigil enable --service {}) before \
+                     making tokens for it",
+                    identity.as_str(),
+                    identity.as_str()
+                ),
+            ));
+        }
         let lifetime = match ttl {
             Some(t) => parse_duration(t)?,
             None => self.settings.token_ttl,

@@ -71,7 +71,7 @@ pub fn read_secret(path: &Path) -> anyhow::Result<String> {
     if mode & 0o077 != 0 {
         bail!(
             "refusing to use {}: it is readable by group or others (mode {:o}); \
-             make it private with `chmod 600 {}` and check whether the key was copied",
+             make it private with `chmod 600 {}` and check whether the secret in it was copied",
             path.display(),
             mode,
             path.display()

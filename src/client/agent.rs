@@ -224,7 +224,7 @@ impl Agent {
                         tracing::warn!(
                             error = %e,
                             attempt = self.failures,
-                            retry_in = ?delay,
+                            retry_in = %crate::names::format_duration(delay),
                             "getting a certificate failed; the current files stay in place"
                         );
                         now + delay
@@ -234,9 +234,10 @@ impl Agent {
                         let delay = jittered(REFUSED_RETRY);
                         tracing::error!(
                             error = %e,
-                            retry_in = ?delay,
+                            retry_in = %crate::names::format_duration(delay.unsigned_abs()),
                             "the CA refuses to renew this certificate; put a new bootstrap token \
-                             in the token file, or ask an operator to re-enable the identity"
+                             in the token file (after a revocation only a token helps; a \
+                             disabled identity must also be enabled again by an operator)"
                         );
                         now + delay
                     }

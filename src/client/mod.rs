@@ -83,6 +83,20 @@ pub enum ClientError {
     Local(anyhow::Error),
 }
 
+/// Wraps a transport error, with a hint when the CA's certificate was not trusted: that is a
+/// wrong root far more often than an attack, and the bare TLS error does not say so.
+fn unreachable(e: reqwest::Error) -> ClientError {
+    let chain = format!("{e:?}");
+    let err = anyhow::Error::from(e);
+    if chain.contains("InvalidCertificate") {
+        return ClientError::Unreachable(err.context(
+            "the CA's TLS certificate does not chain to the root this command trusts; check \
+             --root (SIGIL_ROOT) or --fingerprint, and --ca",
+        ));
+    }
+    ClientError::Unreachable(err)
+}
+
 impl ClientError {
     /// True for errors worth retrying: the CA or its database unreachable, or 5xx, or a
     /// local failure such as a full disk.
@@ -288,15 +302,9 @@ impl CaClient {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.into()))?;
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.into()))?;
+        let bytes = resp.bytes().await.map_err(unreachable)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
                 ClientError::Unreachable(anyhow::anyhow!("decoding the CA's answer: {e}"))
@@ -321,10 +329,7 @@ impl CaClient {
         if let Some(e) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, e);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.into()))?;
+        let resp = req.send().await.map_err(unreachable)?;
         if resp.status() == StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
@@ -334,10 +339,7 @@ impl CaClient {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable(e.into()))?;
+        let bytes = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             return Err(ClientError::Refused(
                 serde_json::from_slice(&bytes).unwrap_or(Problem {

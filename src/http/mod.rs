@@ -65,7 +65,7 @@ pub fn router(state: AppState) -> Router {
             problem(
                 StatusCode::NOT_FOUND,
                 "no-such-endpoint",
-                "no endpoint at this path; see api/openapi.yaml",
+                "no endpoint at this path; see api/openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -87,6 +87,11 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
     let timeout = state.settings.request_timeout;
     let resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(resp) => resp,
@@ -98,9 +103,49 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     };
     if let Some(ProblemCode(code)) = resp.extensions().get::<ProblemCode>() {
         state.metrics.refusal(code);
+        // Failed authentication and refused authorization are what an operator looks for
+        // after a leak: a replayed token, a forged one, a wrong admin key. The detail is not
+        // logged, since it may echo what the caller sent.
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            tracing::warn!(
+                code = *code,
+                status = status.as_u16(),
+                route = %route,
+                remote = %remote,
+                "refused request"
+            );
+        }
     }
     state.metrics.observe(&route, started.elapsed());
     resp
+}
+
+/// Refuses a body declared as something other than JSON. A missing Content-Type is taken
+/// as JSON, so that minimal clients keep working.
+fn check_json_content_type(headers: &HeaderMap) -> Result<()> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let essence = essence.to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::UnsupportedMediaType,
+        "unsupported-media-type",
+        format!(
+            "request body is declared as {essence:?}; send JSON with \
+             Content-Type: application/json (curl: -H 'content-type: application/json')"
+        ),
+    ))
 }
 
 /// A JSON body, read with a size limit, with problem+json answers for every failure.
@@ -110,28 +155,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, _: &S) -> Result<Self> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    Kind::TooLarge,
-                    "body-too-large",
-                    format!("request body is larger than {} KiB", MAX_BODY / 1024),
-                )
-            })?;
+        check_json_content_type(req.headers())?;
+        let bytes = read_body(req).await?;
         if bytes.is_empty() {
             return Err(Error::malformed(
                 "bad-json",
                 "request body is empty; send a JSON object",
             ));
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            Error::malformed(
-                "bad-json",
-                format!("request body is not the expected JSON: {e}"),
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Reads a whole request body, up to [`MAX_BODY`].
+async fn read_body(req: Request) -> Result<axum::body::Bytes> {
+    axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            Error::new(
+                Kind::TooLarge,
+                "body-too-large",
+                format!("request body is larger than {} KiB", MAX_BODY / 1024),
             )
         })
+}
+
+/// Parses a JSON object into `T`, with a message that names the field at fault.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::malformed(
+            "bad-json",
+            "request body must be a JSON object ({...}); see api/openapi.json for its fields",
+        ));
     }
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::malformed(
+            "bad-json",
+            format!("request body is not the expected JSON: {e}"),
+        )
+    })
 }
 
 fn parse_query<T: DeserializeOwned + Default>(q: Option<String>) -> Result<T> {
@@ -537,24 +599,13 @@ struct RevokeBody {
 
 /// Reads an optional JSON body: an empty body means all defaults.
 async fn optional_body<T: DeserializeOwned + Default>(req: Request) -> Result<T> {
-    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|_| {
-            Error::new(
-                Kind::TooLarge,
-                "body-too-large",
-                format!("request body is larger than {} KiB", MAX_BODY / 1024),
-            )
-        })?;
+    let headers = req.headers().clone();
+    let bytes = read_body(req).await?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::malformed(
-            "bad-json",
-            format!("request body is not the expected JSON: {e}"),
-        )
-    })
+    check_json_content_type(&headers)?;
+    parse_json(&bytes)
 }
 
 async fn revoke_certificate(

@@ -21,6 +21,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "revocation sequence",
         include_str!("../../migrations/sqlite/0002_revocation_seq.sql"),
     ),
+    (
+        3,
+        "single renewal",
+        include_str!("../../migrations/sqlite/0003_single_renewal.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -32,6 +37,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         2,
         "revocation sequence",
         include_str!("../../migrations/postgres/0002_revocation_seq.sql"),
+    ),
+    (
+        3,
+        "single renewal",
+        include_str!("../../migrations/postgres/0003_single_renewal.sql"),
     ),
 ];
 

@@ -250,6 +250,9 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
         migrate::run(&pool, backend).await?;
+        if backend == Backend::Sqlite {
+            restrict_sqlite_files(url);
+        }
         let write_gate =
             (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
@@ -380,7 +383,7 @@ impl Store {
                 ));
             }
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO certificates (serial, issuer_key_id, identity, sans, not_before, \
              not_after, key_fingerprint, key_type, der, status, token_jti, provisioner, \
              renewed_from, created_at) \
@@ -400,7 +403,20 @@ impl Store {
         .bind(&cert.renewed_from)
         .bind(cert.created_at)
         .execute(&mut *tx)
-        .await?;
+        .await;
+        if let (Err(sqlx::Error::Database(db)), Some(old)) = (&inserted, &cert.renewed_from) {
+            // The unique key on renewed_from: this certificate was renewed already.
+            if db.is_unique_violation() {
+                return Err(Error::forbidden(
+                    "already-renewed",
+                    format!(
+                        "certificate {old} has been renewed already and may not renew again; \
+                         renew with its newest successor, or request a new one with a token"
+                    ),
+                ));
+            }
+        }
+        inserted?;
         insert_audit(&mut tx, cert.created_at, audit).await?;
         // Known shortcoming: when the database commits but the connection dies before its
         // answer arrives, the caller gets 503 while the token is spent, and a retry with the
@@ -881,4 +897,26 @@ async fn insert_audit(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Makes the SQLite database and its journal files readable by their owner only: they hold
+/// the audit trail and every identity, which other local users have no business reading.
+fn restrict_sqlite_files(url: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.starts_with(':') {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{path}{suffix}");
+        if std::path::Path::new(&file).exists() {
+            if let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(file, error = %e, "could not make the database file private");
+            }
+        }
+    }
 }
