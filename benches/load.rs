@@ -236,17 +236,14 @@ async fn drive(
         rows.push(row);
     }
 
-    // Renewal: each client holds its own certificate and presents it over mTLS.
-    let most = args.concurrency.iter().copied().max().unwrap_or(1);
-    let identities = issue_identities(&base, &provisioner, most, services).await?;
+    // Renewal: a certificate renews once, so every request presents a certificate of its own
+    // over a new mTLS connection, as a fleet of agents renewing would: each renewal pays a
+    // TLS handshake with client certificate verification.
     for &c in &args.concurrency {
         let n = args.requests;
+        let identities = Arc::new(issue_identities(&base, &provisioner, n, services).await?);
         let csrs = Arc::new(prepare_csrs(n)?);
-        let clients = connect(c, |k| {
-            let (chain, key) = &identities[k];
-            base.with_identity(chain, key)
-        })
-        .await?;
+        let clients = connect(c, |_| fresh(&base)).await?;
         let phase = Phase {
             backend,
             name: "renew",
@@ -254,10 +251,13 @@ async fn drive(
             max: n,
             time: Duration::from_secs(args.seconds),
         };
+        let base = base.clone();
         let row = phase
-            .run(server, clients, move |client: Arc<CaClient>, i| {
-                let csrs = csrs.clone();
+            .run(server, clients, move |_: Arc<CaClient>, i| {
+                let (csrs, identities, base) = (csrs.clone(), identities.clone(), base.clone());
                 async move {
+                    let (chain, key) = &identities[i];
+                    let client = base.with_identity(chain, key).map_err(|e| e.to_string())?;
                     let body = json!({ "csr": csrs[i] });
                     client
                         .call::<Value>(Method::POST, "/v1/renew", None, Some(body))
