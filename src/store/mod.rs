@@ -362,7 +362,8 @@ impl Store {
             return Err(Error::forbidden(
                 "identity-disabled",
                 format!(
-                    "identity {:?} is disabled; an operator must enable it before it gets certificates",
+                    "identity {:?} is disabled; an operator must enable it before it gets \
+                     certificates",
                     cert.identity
                 ),
             ));

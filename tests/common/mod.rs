@@ -426,80 +426,12 @@ fn free_port() -> u16 {
 }
 
 fn start_cluster() -> Result<Cluster, String> {
-    let root = std::env::temp_dir().join(format!("sigil-pg-{}", rand_suffix()));
-    std::fs::create_dir_all(root.join("sock")).map_err(|e| e.to_string())?;
-    let as_postgres = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    Command::new("chown")
-        .args(["-R", "postgres:"])
-        .arg(&root)
-        .status()
-        .map_err(|e| e.to_string())?;
-    let data = root.join("data");
-    let initdb = pg_bin("initdb");
-    as_postgres(&[
-        initdb.to_str().unwrap_or("initdb"),
-        "-D",
-        data.to_str().unwrap_or_default(),
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "--no-locale",
-        "-E",
-        "UTF8",
-    ])?;
-    let port = free_port();
-    let pg_ctl = pg_bin("pg_ctl");
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
-        root.join("sock").display()
-    );
-    as_postgres(&[
-        pg_ctl.to_str().unwrap_or("pg_ctl"),
-        "-D",
-        data.to_str().unwrap_or_default(),
-        "-l",
-        root.join("log").to_str().unwrap_or_default(),
-        "-w",
-        "-t",
-        "30",
-        "-o",
-        &opts,
-        "start",
-    ])?;
-    // Stop the cluster when this test binary exits, however it exits.
-    let watcher = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-         runuser -u postgres -- {pg_ctl} -D {data} -m immediate -w stop >/dev/null 2>&1; rm -rf {root}",
-        pid = std::process::id(),
-        pg_ctl = pg_ctl.display(),
-        data = data.display(),
-        root = root.display(),
-    );
-    Command::new("sh")
-        .args(["-c", &watcher])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    Ok(Cluster {
-        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-    })
+    // The shared cluster lives as long as the test binary: it is never dropped, and the
+    // watcher that `PgCluster::create` starts stops it when the binary exits.
+    let cluster = PgCluster::create(&["-c", "fsync=off"])?;
+    let url = cluster.url.clone();
+    std::mem::forget(cluster);
+    Ok(Cluster { url })
 }
 
 /// A PostgreSQL cluster of one test's own, which the test may stop and start again (to
