@@ -308,7 +308,8 @@ impl Store {
     /// Issuances with a token share a transaction and its commit with the issuances waiting
     /// beside them (see `group_commit`); this returns only once the commit holding the record
     /// has returned. Renewals, which also lock the certificate they replace, commit on their
-    /// own.
+    /// own. Known shortcoming: a burst of renewals therefore pays one commit each; bringing
+    /// them into the group writer needs it to lock and check each renewed certificate too.
     pub async fn record_issuance(
         &self,
         cert: &NewCertificate,
