@@ -128,6 +128,36 @@ fn values(row: &str, rows: usize) -> String {
     out
 }
 
+/// The statement inserting `rows` certificates; bind each with [`bind_certificate`].
+pub(super) fn insert_certificates(rows: usize) -> String {
+    format!(
+        "INSERT INTO certificates (serial, issuer_key_id, identity, sans, not_before, \
+         not_after, key_fingerprint, key_type, der, status, token_jti, provisioner, \
+         renewed_from, created_at) VALUES {}",
+        values("(?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)", rows)
+    )
+}
+
+/// Binds one certificate's values, in the column order of [`insert_certificates`].
+pub(super) fn bind_certificate<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    cert: &'q NewCertificate,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&cert.serial)
+        .bind(&cert.issuer_key_id)
+        .bind(&cert.identity)
+        .bind(serde_json::to_string(&cert.sans).unwrap_or_else(|_| "[]".into()))
+        .bind(cert.not_before)
+        .bind(cert.not_after)
+        .bind(&cert.key_fingerprint)
+        .bind(&cert.key_type)
+        .bind(&cert.der)
+        .bind(cert.token.as_ref().map(|t| t.jti.clone()))
+        .bind(&cert.provisioner)
+        .bind(&cert.renewed_from)
+        .bind(cert.created_at)
+}
+
 fn replayed() -> Error {
     Error::unauthenticated(
         "token-replayed",
@@ -251,32 +281,10 @@ async fn write_group(pool: &AnyPool, group: &[Job], refused: &mut [Option<Error>
         .map(|(job, _)| job)
         .collect();
     for run in runs(&kept) {
-        let sql = format!(
-            "INSERT INTO certificates (serial, issuer_key_id, identity, sans, not_before, \
-             not_after, key_fingerprint, key_type, der, status, token_jti, provisioner, \
-             renewed_from, created_at) VALUES {}",
-            values(
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
-                run.len()
-            )
-        );
+        let sql = insert_certificates(run.len());
         let mut q = sqlx::query(&sql);
         for job in run {
-            let cert = &job.cert;
-            q = q
-                .bind(&cert.serial)
-                .bind(&cert.issuer_key_id)
-                .bind(&cert.identity)
-                .bind(serde_json::to_string(&cert.sans).unwrap_or_else(|_| "[]".into()))
-                .bind(cert.not_before)
-                .bind(cert.not_after)
-                .bind(&cert.key_fingerprint)
-                .bind(&cert.key_type)
-                .bind(&cert.der)
-                .bind(cert.token.as_ref().map(|t| t.jti.clone()))
-                .bind(&cert.provisioner)
-                .bind(&cert.renewed_from)
-                .bind(cert.created_at);
+            q = bind_certificate(q, &job.cert);
         }
         q.execute(&mut *tx).await?;
 

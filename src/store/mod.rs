@@ -315,34 +315,13 @@ impl Store {
         cert: &NewCertificate,
         audit: &NewAuditEvent,
     ) -> Result<()> {
-        if cert.renewed_from.is_none() {
+        let Some(old) = &cert.renewed_from else {
             return self.issuances.record(cert, audit).await;
-        }
+        };
+        // A renewal: no token to spend, but the certificate it replaces to lock.
         let (_turn, mut tx) = self.begin_write().await?;
-        if let Some(token) = &cert.token {
-            let spent = sqlx::query(
-                "INSERT INTO tokens (jti, provisioner, identity, expires_at, consumed_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&token.jti)
-            .bind(&token.provisioner)
-            .bind(&cert.identity)
-            .bind(token.expires_at)
-            .bind(cert.created_at)
-            .execute(&mut *tx)
-            .await;
-            if let Err(sqlx::Error::Database(db)) = &spent {
-                if db.is_unique_violation() {
-                    return Err(Error::unauthenticated(
-                        "token-replayed",
-                        "token has already been used; each token authorizes one certificate",
-                    ));
-                }
-            }
-            spent?;
-        }
-        // The identity's row orders this issuance against a concurrent identity revocation:
-        // either the revocation sees this certificate, or this issuance sees the identity
+        // The identity's row orders this renewal against a concurrent identity revocation:
+        // either the revocation sees the new certificate, or this renewal sees the identity
         // disabled. On PostgreSQL the row is locked in share mode, so that issuances for one
         // identity (a fleet starting at once) do not queue behind each other's commits, while
         // a revocation's update waits for all of them and later issuances wait for it.
@@ -377,49 +356,30 @@ impl Store {
                 ),
             ));
         }
-        if let Some(old) = &cert.renewed_from {
-            // A renewal checked its certificate before signing; a revocation committed since
-            // must still win. The no-op update takes the old row's lock, after the identity's
-            // (the order identity revocation uses too, so the two cannot deadlock).
-            let still_active = sqlx::query(
-                "UPDATE certificates SET status = status WHERE serial = $1 AND status = 'active'",
-            )
-            .bind(old)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if still_active == 0 {
-                return Err(Error::forbidden(
-                    "certificate-revoked",
-                    format!(
-                        "certificate {old} was revoked while it was being renewed; request a new \
-                         one with a token"
-                    ),
-                ));
-            }
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO certificates (serial, issuer_key_id, identity, sans, not_before, \
-             not_after, key_fingerprint, key_type, der, status, token_jti, provisioner, \
-             renewed_from, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13)",
+        // A renewal checked its certificate before signing; a revocation committed since
+        // must still win. The no-op update takes the old row's lock, after the identity's
+        // (the order identity revocation uses too, so the two cannot deadlock).
+        let still_active = sqlx::query(
+            "UPDATE certificates SET status = status WHERE serial = $1 AND status = 'active'",
         )
-        .bind(&cert.serial)
-        .bind(&cert.issuer_key_id)
-        .bind(&cert.identity)
-        .bind(serde_json::to_string(&cert.sans).unwrap_or_else(|_| "[]".into()))
-        .bind(cert.not_before)
-        .bind(cert.not_after)
-        .bind(&cert.key_fingerprint)
-        .bind(&cert.key_type)
-        .bind(&cert.der)
-        .bind(cert.token.as_ref().map(|t| t.jti.clone()))
-        .bind(&cert.provisioner)
-        .bind(&cert.renewed_from)
-        .bind(cert.created_at)
+        .bind(old)
         .execute(&mut *tx)
-        .await;
-        if let (Err(sqlx::Error::Database(db)), Some(old)) = (&inserted, &cert.renewed_from) {
+        .await?
+        .rows_affected();
+        if still_active == 0 {
+            return Err(Error::forbidden(
+                "certificate-revoked",
+                format!(
+                    "certificate {old} was revoked while it was being renewed; request a new \
+                     one with a token"
+                ),
+            ));
+        }
+        let sql = group_commit::insert_certificates(1);
+        let inserted = group_commit::bind_certificate(sqlx::query(&sql), cert)
+            .execute(&mut *tx)
+            .await;
+        if let Err(sqlx::Error::Database(db)) = &inserted {
             // The unique key on renewed_from: this certificate was renewed already.
             if db.is_unique_violation() {
                 return Err(Error::forbidden(
