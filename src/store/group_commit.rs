@@ -16,7 +16,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, Any, AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NewAuditEvent, NewCertificate};
@@ -73,13 +74,35 @@ async fn run(
     mut queue: mpsc::Receiver<Job>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    // The writer keeps one connection for itself. On SQLite a connection's page cache is
+    // dropped whenever another connection has committed since its last transaction, so a
+    // writer taking whichever connection the pool hands out read the pages of every index it
+    // writes from the file again for each group; its own connection finds them still cached.
+    let mut conn: Option<PoolConnection<Any>> = None;
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         let mut refused: Vec<Option<Error>> = group.iter().map(|_| None).collect();
         let turn = match &gate {
             Some(g) => Some(g.clone().lock_owned().await),
             None => None,
         };
-        let written = write_group(&pool, &group, &mut refused).await;
+        let written = match conn.take() {
+            Some(c) => Ok(c),
+            None => pool.acquire().await.map_err(Error::from),
+        };
+        let written = match written {
+            Ok(mut c) => {
+                let written = write_group(&mut c, &group, &mut refused).await;
+                // A connection that failed (a database restart, a lost link) is closed
+                // rather than kept; the next group opens another.
+                if written.is_ok() {
+                    conn = Some(c);
+                } else {
+                    c.close_on_drop();
+                }
+                written
+            }
+            Err(e) => Err(e),
+        };
         drop(turn);
         for (job, refusal) in group.drain(..).zip(refused) {
             let outcome = match &written {
@@ -177,8 +200,12 @@ fn disabled(identity: &str) -> Error {
 
 /// Writes a group in one transaction and commits it. Records refused on their own are marked
 /// in `refused` and leave no row behind.
-async fn write_group(pool: &AnyPool, group: &[Job], refused: &mut [Option<Error>]) -> Result<()> {
-    let mut tx = pool.begin().await?;
+async fn write_group(
+    conn: &mut PoolConnection<Any>,
+    group: &[Job],
+    refused: &mut [Option<Error>],
+) -> Result<()> {
+    let mut tx = conn.begin().await?;
 
     // Step 1: spend the tokens. A token spent before, here or at another replica, or earlier
     // in this group, makes its record a replay. Rows go in jti order, so that replicas
