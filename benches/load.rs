@@ -187,7 +187,8 @@ async fn drive(
         SigningKey::from_pkcs8_pem(&key_pem).map_err(|e| anyhow::anyhow!(e.detail))?;
     let base = CaClient::with_root(&server.url, root_pem, None)?;
 
-    let ceiling = ceiling(&server.data_dir, &provisioner)?;
+    let probe = CeilingProbe::new(&server.data_dir, &provisioner)?;
+    let ceiling = probe.measure(Duration::from_secs(3))?;
     println!(
         "in-process ceiling, one core: {:.0} issuances per CPU second \
          (verify CSR {:.0} µs + verify token {:.0} µs + sign {:.0} µs); \
@@ -215,6 +216,9 @@ async fn drive(
             time: Duration::from_secs(args.seconds),
         };
         let work = Arc::new(work);
+        // The machine's speed drifts with what else runs on it, so the ceiling this phase is
+        // compared with is measured just before and just after it.
+        let before = probe.measure(PHASE_PROBE)?;
         let row = phase
             .run(server, clients, {
                 let work = work.clone();
@@ -230,8 +234,9 @@ async fn drive(
                     }
                 }
             })
-            .await
-            .with_ceiling(ceiling.per_sec);
+            .await;
+        let after = probe.measure(PHASE_PROBE)?;
+        let row = row.with_ceiling((before.per_sec + after.per_sec) / 2.0);
         row.print();
         rows.push(row);
     }
@@ -475,75 +480,95 @@ struct Ceiling {
     sign_us: f64,
 }
 
+/// How long the ceiling is measured before and after each issuance phase.
+const PHASE_PROBE: Duration = Duration::from_millis(500);
+
 /// Times verify CSR + verify token + sign certificate on this thread, with the server's own CA
 /// keys and provisioner key, through the functions the server runs.
-fn ceiling(data_dir: &Path, provisioner: &SigningKey) -> Result<Ceiling> {
-    const N: usize = 2000;
-    let ca = Ca::load(&CaFiles::new(data_dir))?;
-    let vk: VerifyingKey = provisioner.verifying_key();
-    let work = prepare_issuance(provisioner, N, 256)?;
-    let now = OffsetDateTime::now_utc();
-    let expect = Expectations {
-        audience: AUDIENCE,
-        now: now.unix_timestamp(),
-        max_lifetime_secs: 3600,
-    };
-    let err = |e: sigil::error::Error| anyhow::anyhow!(e.detail);
-    let (mut t_csr, mut t_token, mut t_sign) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let mut done = 0;
-    let cpu0 = thread_cpu_seconds()?;
-    let started = Instant::now();
-    for w in &work {
-        let t0 = Instant::now();
-        let csr = VerifiedCsr::from_pem(&w.csr).map_err(err)?;
-        let t1 = Instant::now();
-        let claims = token::parse(&w.token)
-            .and_then(|u| u.verify(&vk, &expect))
-            .map_err(err)?;
-        let t2 = Instant::now();
-        let identity = Identity::parse(&claims.sub).map_err(err)?;
-        let sans: Vec<San> = claims
-            .sans
-            .iter()
-            .map(|s| San::parse(s))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err)?;
-        let leaf = ca
-            .sign_leaf(&LeafTemplate {
-                identity,
-                sans,
-                spki_der: csr.spki_der.clone(),
-                key_kind: csr.key_kind,
-                not_before: now - sigil::ca::BACKDATE,
-                not_after: now + time::Duration::hours(24),
-                crl_url: "https://localhost:8443/v1/crl".into(),
-                server_auth: true,
-                client_auth: true,
-            })
-            .map_err(err)?;
-        let t3 = Instant::now();
-        std::hint::black_box(leaf);
-        t_csr += t1 - t0;
-        t_token += t2 - t1;
-        t_sign += t3 - t2;
-        done += 1;
-        if started.elapsed() > Duration::from_secs(3) {
-            break;
-        }
+struct CeilingProbe {
+    ca: Ca,
+    vk: VerifyingKey,
+    work: Vec<SignWork>,
+    now: OffsetDateTime,
+}
+
+impl CeilingProbe {
+    fn new(data_dir: &Path, provisioner: &SigningKey) -> Result<Self> {
+        Ok(CeilingProbe {
+            ca: Ca::load(&CaFiles::new(data_dir))?,
+            vk: provisioner.verifying_key(),
+            work: prepare_issuance(provisioner, 2000, 256)?,
+            now: OffsetDateTime::now_utc(),
+        })
     }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = thread_cpu_seconds()? - cpu0;
-    // The step times are wall times; scaled by the CPU share they add up to the CPU total.
-    let share = cpu / wall;
-    let us = |d: Duration| d.as_secs_f64() * 1e6 * share / done as f64;
-    Ok(Ceiling {
-        per_sec: done as f64 / cpu,
-        wall_per_sec: done as f64 / wall,
-        cpu_share: share,
-        csr_us: us(t_csr),
-        token_us: us(t_token),
-        sign_us: us(t_sign),
-    })
+
+    /// Runs the three steps over the prepared requests, again from the first if need be,
+    /// until `budget` of wall time has passed.
+    fn measure(&self, budget: Duration) -> Result<Ceiling> {
+        let now = self.now;
+        let expect = Expectations {
+            audience: AUDIENCE,
+            now: now.unix_timestamp(),
+            max_lifetime_secs: 3600,
+        };
+        let err = |e: sigil::error::Error| anyhow::anyhow!(e.detail);
+        let (mut t_csr, mut t_token, mut t_sign) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut done = 0;
+        let cpu0 = thread_cpu_seconds()?;
+        let started = Instant::now();
+        for w in self.work.iter().cycle() {
+            let t0 = Instant::now();
+            let csr = VerifiedCsr::from_pem(&w.csr).map_err(err)?;
+            let t1 = Instant::now();
+            let claims = token::parse(&w.token)
+                .and_then(|u| u.verify(&self.vk, &expect))
+                .map_err(err)?;
+            let t2 = Instant::now();
+            let identity = Identity::parse(&claims.sub).map_err(err)?;
+            let sans: Vec<San> = claims
+                .sans
+                .iter()
+                .map(|s| San::parse(s))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(err)?;
+            let leaf = self
+                .ca
+                .sign_leaf(&LeafTemplate {
+                    identity,
+                    sans,
+                    spki_der: csr.spki_der.clone(),
+                    key_kind: csr.key_kind,
+                    not_before: now - sigil::ca::BACKDATE,
+                    not_after: now + time::Duration::hours(24),
+                    crl_url: "https://localhost:8443/v1/crl".into(),
+                    server_auth: true,
+                    client_auth: true,
+                })
+                .map_err(err)?;
+            let t3 = Instant::now();
+            std::hint::black_box(leaf);
+            t_csr += t1 - t0;
+            t_token += t2 - t1;
+            t_sign += t3 - t2;
+            done += 1;
+            if started.elapsed() > budget {
+                break;
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = thread_cpu_seconds()? - cpu0;
+        // The step times are wall times; scaled by the CPU share they add up to the CPU total.
+        let share = cpu / wall;
+        let us = |d: Duration| d.as_secs_f64() * 1e6 * share / done as f64;
+        Ok(Ceiling {
+            per_sec: done as f64 / cpu,
+            wall_per_sec: done as f64 / wall,
+            cpu_share: share,
+            csr_us: us(t_csr),
+            token_us: us(t_token),
+            sign_us: us(t_sign),
+        })
+    }
 }
 
 /// CPU time of the calling thread, in seconds, from the scheduler's nanosecond account.
@@ -589,19 +614,21 @@ struct Row {
     db_us: Option<f64>,
     /// Server's peak resident memory so far (VmHWM), MiB.
     server_hwm_mib: f64,
-    ceiling_ratio: Option<f64>,
+    /// The one-core ceiling measured around this phase (issuances per CPU second), for
+    /// issuance phases.
+    ceiling: Option<f64>,
 }
 
 impl Row {
     fn with_ceiling(mut self, per_sec: f64) -> Self {
-        self.ceiling_ratio = Some(self.per_sec / per_sec);
+        self.ceiling = Some(per_sec);
         self
     }
 
     fn print(&self) {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{:<8} {:<10} {:>4} {:>6} {:>4} {:>7.0} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>5.0} {:>5.0} {:>5} {:>7.1} {:>7}",
+            "{:<8} {:<10} {:>4} {:>6} {:>4} {:>7.0} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>5.0} {:>5.0} {:>5} {:>7.1} {:>6} {:>7}",
             self.backend,
             self.name,
             self.concurrency,
@@ -616,8 +643,12 @@ impl Row {
             self.client_us,
             self.db_us.map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
             self.server_hwm_mib,
-            self.ceiling_ratio
-                .map_or_else(|| "-".to_string(), |r| format!("{:.0}%", r * 100.0)),
+            self.ceiling
+                .map_or_else(|| "-".to_string(), |c| format!("{c:.0}")),
+            self.ceiling.map_or_else(
+                || "-".to_string(),
+                |c| format!("{:.0}%", self.per_sec / c * 100.0)
+            ),
         );
         if let Some(e) = &self.first_error {
             println!("         first error: {e}");
@@ -627,7 +658,7 @@ impl Row {
 
 fn print_header() {
     println!(
-        "{:<8} {:<10} {:>4} {:>6} {:>4} {:>7} {:>7} {:>7} {:>8} {:>7} {:>5} {:>5} {:>5} {:>7} {:>7}",
+        "{:<8} {:<10} {:>4} {:>6} {:>4} {:>7} {:>7} {:>7} {:>8} {:>7} {:>5} {:>5} {:>5} {:>7} {:>6} {:>7}",
         "backend",
         "phase",
         "conc",
@@ -642,6 +673,7 @@ fn print_header() {
         "gen µs",
         "db µs",
         "srv MiB",
+        "ceil/s",
         "ceiling"
     );
 }
@@ -745,7 +777,7 @@ impl Phase {
             client_us,
             db_us,
             server_hwm_mib: status_kib(server.pid, "VmHWM:") as f64 / 1024.0,
-            ceiling_ratio: None,
+            ceiling: None,
         }
     }
 }

@@ -1,10 +1,9 @@
 use clap::Parser;
 
-/// Threads of tokio's blocking pool per core. Signing and verifying run there; tokio would
-/// otherwise start a thread for every request in flight (up to 512), each with its own stack
-/// and allocator cache, for work that runs no faster on more threads than there are cores.
-/// Under a burst of 128 issuances that was 40 MB of memory. Two per core leave room for
-/// the short file operations that share the pool.
+/// Threads of tokio's blocking pool per core. CRL builds, key generation on the client side
+/// and file operations run there; tokio would otherwise start a thread for every task waiting
+/// (up to 512), each with its own stack and allocator cache, for work that runs no faster on
+/// more threads than there are cores.
 const BLOCKING_THREADS_PER_CORE: usize = 2;
 
 fn main() -> std::process::ExitCode {
