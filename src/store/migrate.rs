@@ -121,7 +121,13 @@ mod tests {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}?mode=rwc", dir.path().join("sigil.db").display());
-        let pool = AnyPool::connect(&url).await.unwrap();
+        // One connection, so that the pragma holds where the migrations run, as the server's
+        // own connections have it.
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
         sqlx::query("PRAGMA foreign_keys = ON")
             .execute(&pool)
             .await
