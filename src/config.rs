@@ -28,7 +28,8 @@ pub struct ServeArgs {
     /// [default: sqlite in the data directory]
     #[arg(long, env = "SIGIL_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Largest number of database connections [default: 16]
+    /// Largest number of database connections for requests, at least 2; the writer of
+    /// issuance records holds one more [default: 16]
     #[arg(long, env = "SIGIL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
     /// Directory of policy files (*.toml); without it, only admin-made tokens are honoured
@@ -156,11 +157,19 @@ impl ServeArgs {
                 p
             }
         });
+        let db_max_connections = a.db_max_connections.unwrap_or(16);
+        if db_max_connections < 2 {
+            // A CRL build holds a connection for its lock and reads with another.
+            anyhow::bail!(
+                "setting db_max_connections: must be at least 2, not {db_max_connections}: \
+                 building a CRL holds one connection for its lock while it reads with another"
+            );
+        }
         Ok(Settings {
             database_url: a
                 .database_url
                 .unwrap_or_else(|| default_database_url(&data_dir)),
-            db_max_connections: a.db_max_connections.unwrap_or(16),
+            db_max_connections,
             policies,
             public_url: a.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             audience: a.audience.unwrap_or_else(|| "sigil".into()),
@@ -245,5 +254,24 @@ mod tests {
         };
         let err = format!("{:#}", args.resolve().unwrap_err());
         assert!(err.contains("sigil.toml"), "{err}");
+    }
+
+    #[test]
+    fn too_few_database_connections_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, ok) in [(0, false), (1, false), (2, true)] {
+            let args = ServeArgs {
+                data_dir: Some(dir.path().into()),
+                db_max_connections: Some(n),
+                ..Default::default()
+            };
+            match args.resolve() {
+                Ok(_) => assert!(ok, "{n} connections accepted"),
+                Err(e) => {
+                    assert!(!ok, "{n} connections refused: {e:#}");
+                    assert!(format!("{e:#}").contains("at least 2"), "{e:#}");
+                }
+            }
+        }
     }
 }

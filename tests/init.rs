@@ -72,15 +72,19 @@ fn init_creates_the_documented_files_and_refuses_to_run_twice() {
     assert!(!ok && out.contains("already holds a CA"), "{out}");
 }
 
-/// Makes a root and an intermediate with the openssl CLI.
-fn openssl_ca(dir: &Path, intermediate_ku: &str) {
+/// openssl genpkey arguments for a P-256 key.
+const P256: &str = "-algorithm EC -pkeyopt ec_paramgen_curve:P-256";
+
+/// Makes a root and an intermediate with the openssl CLI; `int_key` are the genpkey arguments
+/// for the intermediate's key.
+fn openssl_ca(dir: &Path, intermediate_ku: &str, int_key: &str) {
     let sh = format!(
         r#"set -e
 cd {dir}
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root.key 2>/dev/null
 openssl req -x509 -new -key root.key -subj "/O=Example/CN=Example Root" -days 3650 -out root.crt \
   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out int.key 2>/dev/null
+openssl genpkey {int_key} -out int.key 2>/dev/null
 openssl req -new -key int.key -subj "/O=Example/CN=Example Intermediate" -out int.csr
 printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,{intermediate_ku}\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' > ext
 openssl x509 -req -in int.csr -CA root.crt -CAkey root.key -CAcreateserial -days 1825 -extfile ext -out int.crt 2>/dev/null
@@ -105,14 +109,26 @@ fn import_args(src: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imported_ca_issues_certificates_that_chain_to_it() {
+    imported_ca_issues(P256, true).await;
+}
+
+/// An RSA intermediate signs in milliseconds, so issuance takes the blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_rsa_intermediate_issues_too() {
+    imported_ca_issues("-algorithm RSA -pkeyopt rsa_keygen_bits:2048", false).await;
+}
+
+async fn imported_ca_issues(int_key: &str, signs_quickly: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    openssl_ca(&src, "keyCertSign,cRLSign");
+    openssl_ca(&src, "keyCertSign,cRLSign", int_key);
     let dir = tmp.path().join("data");
     let args = import_args(&src);
     let (ok, out) = init(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{out}");
+    let ca = sigil::ca::Ca::load(&sigil::ca::CaFiles::new(&dir)).unwrap();
+    assert_eq!(ca.signs_quickly(), signs_quickly);
     assert_eq!(
         std::fs::metadata(dir.join("intermediate.key"))
             .unwrap()
@@ -157,7 +173,7 @@ fn import_refuses_unfit_ca_files() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    openssl_ca(&src, "keyCertSign");
+    openssl_ca(&src, "keyCertSign", P256);
     let args = import_args(&src);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, out) = init(&tmp.path().join("a"), &args);
@@ -166,7 +182,7 @@ fn import_refuses_unfit_ca_files() {
         "an intermediate that cannot sign CRLs is refused: {out}"
     );
 
-    openssl_ca(&src, "keyCertSign,cRLSign");
+    openssl_ca(&src, "keyCertSign,cRLSign", P256);
     std::fs::copy(src.join("root.key"), src.join("int.key")).unwrap();
     let (ok, out) = init(&tmp.path().join("b"), &args);
     assert!(

@@ -459,3 +459,38 @@ async fn json_logs_have_fields_and_no_secrets() {
         assert!(!log.contains(secret), "the log holds a secret: {secret}");
     }
 }
+
+/// The writer of issuance records holds a connection of its own, beside the ones requests
+/// share: with the fewest allowed for requests, issuance, the admin API and health checks all
+/// still get a connection.
+async fn two_request_connections_serve_issuance_and_the_rest(backend: Backend) {
+    let s = Server::start_with(backend, &["--db-max-connections", "2"]).await;
+    let mut serial = String::new();
+    for _ in 0..3 {
+        let token = s.token("solo", &["api.ops.internal"]).await;
+        let (status, body, _) = sign(&s, &token).await;
+        assert_eq!(status, 201, "{body}");
+        serial = body["serial"].as_str().expect("serial").to_owned();
+    }
+    let http = s.http();
+    let listed = http
+        .get(format!("{}/v1/admin/certificates?service=solo", s.url))
+        .bearer_auth(s.admin_key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let revoked = http
+        .post(format!("{}/v1/admin/certificates/{serial}/revoke", s.url))
+        .bearer_auth(s.admin_key())
+        .json(&serde_json::json!({"reason": "superseded"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let ready = http.get(format!("{}/readyz", s.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(s.count("certificates").await, 3);
+}
+
+on_both_backends!(two_request_connections_serve_issuance_and_the_rest);

@@ -101,11 +101,12 @@ pub fn new_admin_key() -> Result<(String, String, String)> {
     Ok((id, key, hash))
 }
 
-/// Decides and issues. Issuance and renewal check two signatures and make one (about 150 µs
-/// of CPU on P-256) on the async worker thread that handles the request, not on the blocking
-/// pool: the work is bounded (the body limit bounds the CSR, the CA key is always P-256), and
-/// the hand-off to a pool thread and back cost two thread wake-ups per request, which under
-/// load took more CPU than the stall they avoided.
+/// Decides and issues. Issuance and renewal check two signatures and make one: about 150 µs
+/// of CPU with the P-256 keys `sigil init` makes. That work runs on the async worker thread
+/// that handles the request: the body limit bounds the CSR, and the hand-off to a blocking-pool
+/// thread and back cost two thread wake-ups per request, which under load took more CPU than
+/// the short stall it avoided. With an imported CA key that signs slowly (RSA, P-384) it runs
+/// on the blocking pool, as a stall of milliseconds would hold up the other requests.
 pub struct Authority {
     pub settings: Arc<Settings>,
     pub ca: Arc<Ca>,
@@ -155,6 +156,19 @@ impl Authority {
         Ok(set)
     }
 
+    /// Runs the CPU work of an issuance or renewal where `Authority` explains.
+    async fn cpu<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.ca.signs_quickly() {
+            return work();
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::internal(format!("issuance task failed: {e}")))?
+    }
+
     /// Issues a certificate for a CSR, authorized by a bootstrap token.
     pub async fn sign(
         &self,
@@ -163,86 +177,88 @@ impl Authority {
         ttl: Option<String>,
     ) -> Result<Issued> {
         let policies = self.policies();
-        let (settings, ca) = (&self.settings, &self.ca);
+        let (settings, ca) = (self.settings.clone(), self.ca.clone());
         let now = OffsetDateTime::now_utc();
 
-        // Steps 1 to 5 are CPU work, two signature checks and one signature (about 150 µs in
-        // all), done on the thread that handles the request; see `Authority`.
-        let (claims, identity, signed) = {
-            // Step 1: parse the request. The CSR's self-signature proves possession of the key.
-            let csr = VerifiedCsr::from_pem(&csr_pem)?;
-            let ttl = ttl.as_deref().map(parse_duration).transpose()?;
+        // Steps 1 to 5 are CPU work, two signature checks and one signature; see `Authority`
+        // for where they run.
+        let (claims, identity, signed) = self
+            .cpu(move || {
+                // Step 1: parse the request. The CSR's self-signature proves possession of the key.
+                let csr = VerifiedCsr::from_pem(&csr_pem)?;
+                let ttl = ttl.as_deref().map(parse_duration).transpose()?;
 
-            // Step 2: authenticate the token: provisioner, pinned algorithm, audience, lifetime.
-            let unverified = token::parse(&token)?;
-            let Some(provisioner) = policies.provisioner(&unverified.claims.iss) else {
-                return Err(Error::unauthenticated(
-                    "unknown-provisioner",
-                    format!(
-                        "token names provisioner {:?}, which this CA does not know",
-                        unverified.claims.iss
-                    ),
-                ));
-            };
-            let expect = Expectations {
-                audience: &settings.audience,
-                now: now.unix_timestamp(),
-                max_lifetime_secs: provisioner.max_token_lifetime.as_secs() as i64,
-            };
-            let claims = unverified.verify(&provisioner.key, &expect)?;
-            let identity = Identity::parse(&claims.sub).map_err(|e| {
-                Error::unauthenticated("bad-token", format!("token subject: {}", e.detail))
-            })?;
-
-            // Step 3: names. Every requested name must be in the token (deny by default).
-            let token_sans = parse_token_sans(&claims)?;
-            let spiffe = spiffe_id(settings, &identity);
-            let requested = if csr.sans.is_empty() {
-                token_sans.clone()
-            } else {
-                csr.sans.clone()
-            };
-            let mut sans = Vec::new();
-            for san in requested {
-                if Some(&san) == spiffe.as_ref() {
-                    continue;
-                }
-                if !token_sans.contains(&san) {
-                    return Err(Error::forbidden(
-                        "name-not-in-token",
+                // Step 2: authenticate the token: provisioner, pinned algorithm, audience, lifetime.
+                let unverified = token::parse(&token)?;
+                let Some(provisioner) = policies.provisioner(&unverified.claims.iss) else {
+                    return Err(Error::unauthenticated(
+                        "unknown-provisioner",
                         format!(
-                            "name {san} is not among the names the token allows ({})",
-                            join(&token_sans)
+                            "token names provisioner {:?}, which this CA does not know",
+                            unverified.claims.iss
                         ),
                     ));
-                }
-                sans.push(san);
-            }
-
-            // Step 4: policy decides names, lifetime and key type for this identity.
-            let decision = policies
-                .evaluate(&policy::Request {
-                    provisioner,
-                    identity: &identity,
-                    sans: &sans,
-                    ttl,
-                    key: Some(csr.key_kind),
-                })
-                .inspect_err(|e| {
-                    tracing::info!(
-                        service = %identity,
-                        provisioner = %provisioner.name,
-                        jti = %claims.jti,
-                        code = e.code,
-                        reason = %e.detail,
-                        "policy refused certificate"
-                    );
+                };
+                let expect = Expectations {
+                    audience: &settings.audience,
+                    now: now.unix_timestamp(),
+                    max_lifetime_secs: provisioner.max_token_lifetime.as_secs() as i64,
+                };
+                let claims = unverified.verify(&provisioner.key, &expect)?;
+                let identity = Identity::parse(&claims.sub).map_err(|e| {
+                    Error::unauthenticated("bad-token", format!("token subject: {}", e.detail))
                 })?;
 
-            // Step 5: the signer signs the decided template.
-            let signed = sign_template(ca, settings, &identity, &csr, decision, spiffe, now)?;
-            (claims, identity, signed)
-        };
+                // Step 3: names. Every requested name must be in the token (deny by default).
+                let token_sans = parse_token_sans(&claims)?;
+                let spiffe = spiffe_id(&settings, &identity);
+                let requested = if csr.sans.is_empty() {
+                    token_sans.clone()
+                } else {
+                    csr.sans.clone()
+                };
+                let mut sans = Vec::new();
+                for san in requested {
+                    if Some(&san) == spiffe.as_ref() {
+                        continue;
+                    }
+                    if !token_sans.contains(&san) {
+                        return Err(Error::forbidden(
+                            "name-not-in-token",
+                            format!(
+                                "name {san} is not among the names the token allows ({})",
+                                join(&token_sans)
+                            ),
+                        ));
+                    }
+                    sans.push(san);
+                }
+
+                // Step 4: policy decides names, lifetime and key type for this identity.
+                let decision = policies
+                    .evaluate(&policy::Request {
+                        provisioner,
+                        identity: &identity,
+                        sans: &sans,
+                        ttl,
+                        key: Some(csr.key_kind),
+                    })
+                    .inspect_err(|e| {
+                        tracing::info!(
+                            service = %identity,
+                            provisioner = %provisioner.name,
+                            jti = %claims.jti,
+                            code = e.code,
+                            reason = %e.detail,
+                            "policy refused certificate"
+                        );
+                    })?;
+
+                // Step 5: the signer signs the decided template.
+                let signed = sign_template(&ca, &settings, &identity, &csr, decision, spiffe, now)?;
+                Ok((claims, identity, signed))
+            })
+            .await?;
 
         // Step 6: one transaction spends the token and records the certificate and audit
         // event. A replayed token or a disabled identity aborts it and nothing is written.
@@ -349,53 +365,58 @@ impl Authority {
             ));
         }
         let policies = self.policies();
-        let (settings, ca) = (&self.settings, &self.ca);
-        let signed = {
-            let csr = VerifiedCsr::from_pem(&csr_pem)?;
-            let ttl = ttl.as_deref().map(parse_duration).transpose()?;
-            let identity = Identity::parse(&old.identity)?;
-            let spiffe = spiffe_id(settings, &identity);
-            let old_sans: Vec<San> = old.sans.iter().filter_map(|s| San::parse(s).ok()).collect();
-            let mut sans = Vec::new();
-            let requested = if csr.sans.is_empty() {
-                old_sans.clone()
-            } else {
-                csr.sans.clone()
-            };
-            for san in requested {
-                if Some(&san) == spiffe.as_ref() {
-                    continue;
+        let (settings, ca) = (self.settings.clone(), self.ca.clone());
+        let old_for_task = old.clone();
+        let signed = self
+            .cpu(move || {
+                let old = old_for_task;
+                let csr = VerifiedCsr::from_pem(&csr_pem)?;
+                let ttl = ttl.as_deref().map(parse_duration).transpose()?;
+                let identity = Identity::parse(&old.identity)?;
+                let spiffe = spiffe_id(&settings, &identity);
+                let old_sans: Vec<San> =
+                    old.sans.iter().filter_map(|s| San::parse(s).ok()).collect();
+                let mut sans = Vec::new();
+                let requested = if csr.sans.is_empty() {
+                    old_sans.clone()
+                } else {
+                    csr.sans.clone()
+                };
+                for san in requested {
+                    if Some(&san) == spiffe.as_ref() {
+                        continue;
+                    }
+                    if !old_sans.contains(&san) {
+                        return Err(Error::forbidden(
+                            "name-not-in-certificate",
+                            format!(
+                                "renewal may not add names: {san} is not in certificate {}",
+                                old.serial
+                            ),
+                        ));
+                    }
+                    sans.push(san);
                 }
-                if !old_sans.contains(&san) {
+                let provisioner_name = old.provisioner.as_deref().unwrap_or(ADMIN_PROVISIONER);
+                let Some(provisioner) = policies.provisioner(provisioner_name) else {
                     return Err(Error::forbidden(
-                        "name-not-in-certificate",
+                        "unknown-provisioner",
                         format!(
-                            "renewal may not add names: {san} is not in certificate {}",
-                            old.serial
+                            "provisioner {provisioner_name:?} that authorized this identity \
+                         no longer exists"
                         ),
                     ));
-                }
-                sans.push(san);
-            }
-            let provisioner_name = old.provisioner.as_deref().unwrap_or(ADMIN_PROVISIONER);
-            let Some(provisioner) = policies.provisioner(provisioner_name) else {
-                return Err(Error::forbidden(
-                    "unknown-provisioner",
-                    format!(
-                        "provisioner {provisioner_name:?} that authorized this identity \
-                         no longer exists"
-                    ),
-                ));
-            };
-            let decision = policies.evaluate(&policy::Request {
-                provisioner,
-                identity: &identity,
-                sans: &sans,
-                ttl,
-                key: Some(csr.key_kind),
-            })?;
-            sign_template(ca, settings, &identity, &csr, decision, spiffe, now)?
-        };
+                };
+                let decision = policies.evaluate(&policy::Request {
+                    provisioner,
+                    identity: &identity,
+                    sans: &sans,
+                    ttl,
+                    key: Some(csr.key_kind),
+                })?;
+                sign_template(&ca, &settings, &identity, &csr, decision, spiffe, now)
+            })
+            .await?;
 
         let record = NewCertificate {
             renewed_from: Some(old.serial.clone()),

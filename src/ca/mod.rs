@@ -157,14 +157,16 @@ pub fn sha256_hex(der: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }
 
-/// A fresh serial: four bytes of seconds since [`SERIAL_EPOCH`] with the top bit clear, then
-/// sixteen random bytes. That is 128 random bits, above the 127 this CA promises and the 64
-/// the CA/Browser Forum asks; the value is positive and its first byte is not zero.
+/// A fresh serial: four bytes holding the bits `01` and 30 bits of seconds since
+/// [`SERIAL_EPOCH`], then sixteen random bytes. That is 128 random bits, above the 127 this CA
+/// promises and the 64 the CA/Browser Forum asks; the value is positive and its first byte,
+/// 0x40 to 0x7f, is never zero, so its hex text always has 40 digits.
 ///
-/// The time prefix makes serials grow: the database's index of serials then takes each new
-/// one at its end, in a page a commit already writes, instead of in a random page of its own.
-/// Serials of one second sort among themselves at random. The 31 bits of seconds wrap in
-/// 2092; serials stay unique and random after that, only no longer in order.
+/// The time prefix makes serials grow, as numbers and as hex text: the database's index of
+/// serials then takes each new one at its end, in a page a commit already writes, instead of
+/// in a random page of its own. Serials of one second sort among themselves at random. The 30
+/// bits of seconds wrap in 2058; serials stay unique and random after that, only no longer in
+/// order.
 pub fn new_serial() -> Result<Vec<u8>> {
     serial_at(OffsetDateTime::now_utc())
 }
@@ -175,11 +177,8 @@ fn serial_at(now: OffsetDateTime) -> Result<Vec<u8>> {
         .fill(&mut bytes[4..])
         .map_err(|_| Error::internal("the system random generator failed"))?;
     let secs = now.unix_timestamp() - SERIAL_EPOCH;
-    bytes[..4].copy_from_slice(&((secs as u32) & 0x7fff_ffff).to_be_bytes());
-    // Only a clock set before mid-2024 leaves the first byte zero.
-    if bytes[0] == 0 {
-        bytes[0] = 1;
-    }
+    let prefix = (secs as u32) & 0x3fff_ffff | 0x4000_0000;
+    bytes[..4].copy_from_slice(&prefix.to_be_bytes());
     Ok(bytes.to_vec())
 }
 
@@ -311,6 +310,13 @@ pub struct InitOptions {
 }
 
 impl Ca {
+    /// Whether the intermediate's key signs in tens of microseconds (P-256, Ed25519), as the
+    /// keys `sigil init` makes do. An imported RSA or P-384 key takes up to milliseconds.
+    pub fn signs_quickly(&self) -> bool {
+        let alg = self.intermediate.issuer.key().algorithm();
+        alg == &rcgen::PKCS_ECDSA_P256_SHA256 || alg == &rcgen::PKCS_ED25519
+    }
+
     /// Creates root and intermediate in `files.dir`. Fails if any of their files exist.
     pub fn create(files: &CaFiles, opts: &InitOptions) -> anyhow::Result<()> {
         fs::create_dir_all(&files.dir)
@@ -616,20 +622,29 @@ mod tests {
         for s in [&a, &b] {
             assert_eq!(s.len(), SERIAL_LEN);
             assert!(
-                (1..0x80).contains(&s[0]),
+                (0x40..0x80).contains(&s[0]),
                 "serial must be positive: {s:02x?}"
             );
-            let secs = i64::from(u32::from_be_bytes(s[..4].try_into().unwrap()));
+            let secs = i64::from(u32::from_be_bytes(s[..4].try_into().unwrap()) & 0x3fff_ffff);
             assert!(
                 (before..=after).contains(&secs),
                 "{secs} not in {before}..={after}"
             );
         }
         assert_ne!(a[4..], b[4..], "the random part repeated");
-        // A serial of a later second sorts after, as the hex text the database indexes too.
+        // A serial of a later second sorts after, also as the hex text the database stores,
+        // and across the years when a shorter prefix would have gained a digit.
+        let text = |at: OffsetDateTime| {
+            crate::names::Serial::from_be_bytes(&serial_at(at).unwrap()).to_string()
+        };
         let now = OffsetDateTime::now_utc();
-        let earlier = hex::encode(serial_at(now).unwrap());
-        let later = hex::encode(serial_at(now + Duration::seconds(1)).unwrap());
-        assert!(earlier < later, "{earlier} sorts after {later}");
+        for (earlier, later) in [
+            (now, now + Duration::seconds(1)),
+            (now, now + Duration::days(6 * 365)),
+        ] {
+            let (earlier, later) = (text(earlier), text(later));
+            assert_eq!(earlier.len(), 40);
+            assert!(earlier < later, "{earlier} sorts after {later}");
+        }
     }
 }

@@ -42,8 +42,9 @@ pub(super) struct IssuanceWriter {
 }
 
 impl IssuanceWriter {
-    /// Starts the writer task on the current runtime. `gate` is the store's SQLite write
-    /// gate, taken for each group like any other write transaction.
+    /// Starts the writer task on the current runtime. `pool` is the writer's own pool of one
+    /// connection; `gate` is the store's SQLite write gate, taken for each group like any
+    /// other write transaction.
     pub(super) fn start(pool: AnyPool, gate: Option<Arc<tokio::sync::Mutex<()>>>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
         tokio::spawn(run(pool, gate, queue));
@@ -74,11 +75,6 @@ async fn run(
     mut queue: mpsc::Receiver<Job>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    // The writer keeps one connection for itself. On SQLite a connection's page cache is
-    // dropped whenever another connection has committed since its last transaction, so a
-    // writer taking whichever connection the pool hands out read the pages of every index it
-    // writes from the file again for each group; its own connection finds them still cached.
-    let mut conn: Option<PoolConnection<Any>> = None;
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         // Requests whose signatures are being checked on this runtime's threads right now
         // are about to enqueue; letting them run first joins them to this group instead of
@@ -96,23 +92,17 @@ async fn run(
             Some(g) => Some(g.clone().lock_owned().await),
             None => None,
         };
-        let written = match conn.take() {
-            Some(c) => Ok(c),
-            None => pool.acquire().await.map_err(Error::from),
-        };
-        let written = match written {
-            Ok(mut c) => {
-                let written = write_group(&mut c, &group, &mut refused).await;
+        let written = match pool.acquire().await {
+            Ok(mut conn) => {
+                let written = write_group(&mut conn, &group, &mut refused).await;
                 // A connection that failed (a database restart, a lost link) is closed
-                // rather than kept; the next group opens another.
-                if written.is_ok() {
-                    conn = Some(c);
-                } else {
-                    c.close_on_drop();
+                // rather than given back; the next group opens another.
+                if written.is_err() {
+                    conn.close_on_drop();
                 }
                 written
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         drop(turn);
         for (job, refusal) in group.drain(..).zip(refused) {
@@ -130,8 +120,10 @@ async fn run(
 /// The rows as one run for one multi-row statement, or none if there are none. A statement
 /// per table and group, whatever its size, keeps the round trips to the database (on SQLite,
 /// hand-offs to the connection's thread) at six per group. The statement texts, one per table
-/// and group size, are prepared and cached on the writer's own connection only; when every
-/// pooled connection cached them, the server grew past 100 MB under load on SQLite.
+/// and group size, are prepared and cached on the writer's own connection only (when every
+/// pooled connection cached them, the server grew past 100 MB under load on SQLite). sqlx
+/// keeps the 100 most recently used; group sizes that swing widely under changing load
+/// prepare some of them again, one more round trip each.
 fn one_run<T>(rows: &[T]) -> Option<&[T]> {
     (!rows.is_empty()).then_some(rows)
 }

@@ -248,6 +248,13 @@ impl Store {
                 })
             });
         }
+        // The issuance writer has a pool of one connection of its own, beside the others: on
+        // SQLite a connection's page cache is dropped whenever another connection has
+        // committed since its last transaction, so a writer taking whichever connection came
+        // next read the pages of every index it writes from the file again for each group.
+        // The pool still checks its connection before each group and replaces an old or
+        // broken one.
+        let writer_pool = opts.clone().max_connections(1).connect_lazy(url)?;
         let pool = opts
             .connect(url)
             .await
@@ -258,7 +265,7 @@ impl Store {
         }
         let write_gate =
             (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        let issuances = group_commit::IssuanceWriter::start(pool.clone(), write_gate.clone());
+        let issuances = group_commit::IssuanceWriter::start(writer_pool, write_gate.clone());
         Ok(Store {
             pool,
             backend,
