@@ -188,7 +188,8 @@ impl Authority {
                 let csr = VerifiedCsr::from_pem(&csr_pem)?;
                 let ttl = ttl.as_deref().map(parse_duration).transpose()?;
 
-                // Step 2: authenticate the token: provisioner, pinned algorithm, audience, lifetime.
+                // Step 2: authenticate the token: provisioner, pinned algorithm, audience,
+                // lifetime.
                 let unverified = token::parse(&token)?;
                 let Some(provisioner) = policies.provisioner(&unverified.claims.iss) else {
                     return Err(Error::unauthenticated(
