@@ -117,17 +117,6 @@ async fn run(
     }
 }
 
-/// The rows as one run for one multi-row statement, or none if there are none. A statement
-/// per table and group, whatever its size, keeps the round trips to the database (on SQLite,
-/// hand-offs to the connection's thread) at six per group. The statement texts, one per table
-/// and group size, are prepared and cached on the writer's own connection only (when every
-/// pooled connection cached them, the server grew past 100 MB under load on SQLite). sqlx
-/// keeps the 100 most recently used; group sizes that swing widely under changing load
-/// prepare some of them again, one more round trip each.
-fn one_run<T>(rows: &[T]) -> Option<&[T]> {
-    (!rows.is_empty()).then_some(rows)
-}
-
 /// `(?, ?), (?, ?), ...` with the `?` of `row` numbered `$1`, `$2`, ... across `rows` rows.
 fn values(row: &str, rows: usize) -> String {
     let mut out = String::with_capacity(rows * (row.len() + 16));
@@ -198,6 +187,13 @@ fn disabled(identity: &str) -> Error {
 
 /// Writes a group in one transaction and commits it. Records refused on their own are marked
 /// in `refused` and leave no row behind.
+///
+/// Each table gets one multi-row statement per group, whatever its size, which keeps the round
+/// trips to the database (on SQLite, hand-offs to the connection's thread) at six per group.
+/// The statement texts, one per table and group size, are prepared and cached on the writer's
+/// own connection only (when every pooled connection cached them, the server grew past 100 MB
+/// under load on SQLite). sqlx keeps the 100 most recently used; group sizes that swing widely
+/// under changing load prepare some of them again, one more round trip each.
 async fn write_group(
     conn: &mut PoolConnection<Any>,
     group: &[Job],
@@ -219,14 +215,14 @@ async fn write_group(
         same
     });
     let mut spent: HashSet<String> = HashSet::new();
-    if let Some(run) = one_run(&spending) {
+    if !spending.is_empty() {
         let sql = format!(
             "INSERT INTO tokens (jti, provisioner, identity, expires_at, consumed_at) VALUES {} \
              ON CONFLICT (jti) DO NOTHING RETURNING jti",
-            values("(?, ?, ?, ?, ?)", run.len())
+            values("(?, ?, ?, ?, ?)", spending.len())
         );
         let mut q = sqlx::query(&sql);
-        for &i in run {
+        for &i in &spending {
             let cert = &group[i].cert;
             if let Some(t) = &cert.token {
                 q = q
@@ -262,15 +258,15 @@ async fn write_group(
     }
     let names: Vec<(&str, i64)> = names.into_iter().collect();
     let mut enabled: HashSet<String> = HashSet::new();
-    if let Some(run) = one_run(&names) {
+    if !names.is_empty() {
         let sql = format!(
             "INSERT INTO identities (name, enabled, changed_at, last_issued_at) VALUES {} \
              ON CONFLICT (name) DO UPDATE SET last_issued_at = excluded.last_issued_at \
              WHERE identities.enabled = 1 RETURNING name",
-            values("(?, 1, ?, ?)", run.len())
+            values("(?, 1, ?, ?)", names.len())
         );
         let mut q = sqlx::query(&sql);
-        for (name, at) in run {
+        for (name, at) in &names {
             q = q.bind(*name).bind(*at).bind(*at);
         }
         for row in q.fetch_all(&mut *tx).await? {
@@ -286,13 +282,13 @@ async fn write_group(
             unspend.extend(jti(i));
         }
     }
-    if let Some(run) = one_run(&unspend) {
+    if !unspend.is_empty() {
         let sql = format!(
             "DELETE FROM tokens WHERE jti IN ({})",
-            values("?", run.len())
+            values("?", unspend.len())
         );
         let mut q = sqlx::query(&sql);
-        for j in run {
+        for j in &unspend {
             q = q.bind(*j);
         }
         q.execute(&mut *tx).await?;
@@ -305,20 +301,20 @@ async fn write_group(
         .filter(|(_, r)| r.is_none())
         .map(|(job, _)| job)
         .collect();
-    if let Some(run) = one_run(&kept) {
-        let sql = insert_certificates(run.len());
+    if !kept.is_empty() {
+        let sql = insert_certificates(kept.len());
         let mut q = sqlx::query(&sql);
-        for job in run {
+        for job in &kept {
             q = bind_certificate(q, &job.cert);
         }
         q.execute(&mut *tx).await?;
 
         let sql = format!(
             "INSERT INTO audit_events (at, action, actor, identity, serial, detail) VALUES {}",
-            values("(?, ?, ?, ?, ?, ?)", run.len())
+            values("(?, ?, ?, ?, ?, ?)", kept.len())
         );
         let mut q = sqlx::query(&sql);
-        for job in run {
+        for job in &kept {
             let e = &job.audit;
             q = q
                 .bind(job.cert.created_at)
@@ -337,14 +333,7 @@ async fn write_group(
 
 #[cfg(test)]
 mod tests {
-    use super::{one_run, values};
-
-    #[test]
-    fn one_run_per_group() {
-        let rows: Vec<usize> = (0..45).collect();
-        assert_eq!(one_run(&rows), Some(&rows[..]));
-        assert_eq!(one_run::<usize>(&[]), None);
-    }
+    use super::values;
 
     #[test]
     fn numbers_placeholders_across_rows() {
