@@ -9,18 +9,6 @@ use base64::Engine;
 use common::{Backend, Server};
 use serde_json::{json, Value};
 
-async fn sign(s: &Server, csr: &str, token: &str) -> (u16, Value) {
-    let resp = s
-        .http()
-        .post(format!("{}/v1/sign", s.url))
-        .json(&json!({ "csr": csr, "token": token }))
-        .send()
-        .await
-        .expect("sign request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 fn openssl_verify(dir: &std::path::Path, bundle: &str, chain: &str) -> (bool, String) {
     let b = dir.join("bundle.pem");
     let c = dir.join("chain.pem");
@@ -83,7 +71,7 @@ async fn issues_verifiable_certificates(backend: Backend) {
         let token = s
             .token("payments", &["api.payments.internal", "10.0.0.7"])
             .await;
-        let (status, body) = sign(&s, csr, &token).await;
+        let (status, body) = s.sign(csr, &token, None).await;
         assert_eq!(status, 201, "{label}: {body}");
         let chain = body["chain"].as_str().unwrap();
         let (ok, out) = openssl_verify(work.path(), &bundle, chain);
@@ -137,7 +125,7 @@ async fn csr_without_names_gets_the_token_names(backend: Backend) {
     let s = Server::start(backend).await;
     let (csr, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &[]);
     let token = s.token("billing", &["billing.internal", "10.1.2.3"]).await;
-    let (status, body) = sign(&s, &csr, &token).await;
+    let (status, body) = s.sign(&csr, &token, None).await;
     assert_eq!(status, 201, "{body}");
     let der = sigil::pem::decode_all(body["certificate"].as_str().unwrap(), "CERTIFICATE")
         .unwrap()
@@ -233,7 +221,7 @@ async fn bad_inputs_are_refused_cleanly(backend: Backend) {
     let wildcard = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["*.internal"]).0;
 
     let replayed = s.token("payments", &["payments.internal"]).await;
-    let (st, _) = sign(&s, &good_csr, &replayed).await;
+    let (st, _) = s.sign(&good_csr, &replayed, None).await;
     assert_eq!(st, 201);
     let baseline_certs = s.count("certificates").await;
     let baseline_tokens = s.count("tokens").await;
@@ -546,22 +534,7 @@ async fn bad_inputs_are_refused_cleanly(backend: Backend) {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, case.status, "{}: {body}", case.name);
-        assert_eq!(ctype, "application/problem+json", "{}", case.name);
-        assert_eq!(body["code"], case.code, "{}: {body}", case.name);
-        assert_eq!(body["status"], case.status, "{}", case.name);
-        assert!(
-            body["detail"].as_str().is_some_and(|d| d.len() > 10),
-            "{}: detail must say what to fix",
-            case.name
-        );
+        common::assert_problem(case.name, resp, case.status, case.code).await;
     }
     // A body declared as something other than JSON is refused as such.
     for ctype in ["application/x-www-form-urlencoded", "text/plain"] {
@@ -603,7 +576,7 @@ async fn token_is_single_use(backend: Backend) {
     let token = s.token("payments", &["payments.internal"]).await;
     let (csr1, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
     let (csr2, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
-    let (a, b) = tokio::join!(sign(&s, &csr1, &token), sign(&s, &csr2, &token));
+    let (a, b) = tokio::join!(s.sign(&csr1, &token, None), s.sign(&csr2, &token, None));
     let mut statuses = [a.0, b.0];
     statuses.sort();
     assert_eq!(
@@ -656,7 +629,7 @@ async fn a_certificate_renews_once(backend: Backend) {
     let s = Server::start(backend).await;
     let token = s.token("payments", &["payments.internal"]).await;
     let (csr, key) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
-    let (status, body) = sign(&s, &csr, &token).await;
+    let (status, body) = s.sign(&csr, &token, None).await;
     assert_eq!(status, 201, "{body}");
     let as_old = s
         .client()

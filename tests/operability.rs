@@ -16,15 +16,8 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 async fn sign(s: &Server, token: &str) -> (u16, Value, String) {
     let (csr, key) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["api.ops.internal"]);
-    let resp = s
-        .http()
-        .post(format!("{}/v1/sign", s.url))
-        .json(&json!({ "csr": csr, "token": token }))
-        .send()
-        .await
-        .expect("sign request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null), key)
+    let (status, body) = s.sign(&csr, token, None).await;
+    (status, body, key)
 }
 
 /// The claims of a JWT, read without checking it (the server already did).

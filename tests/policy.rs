@@ -91,22 +91,6 @@ fn csr(sans: &[&str]) -> String {
     common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, sans).0
 }
 
-async fn sign(s: &Server, csr: &str, token: &str, ttl: Option<&str>) -> (u16, Value) {
-    let mut body = json!({ "csr": csr, "token": token });
-    if let Some(t) = ttl {
-        body["ttl"] = json!(t);
-    }
-    let resp = s
-        .http()
-        .post(format!("{}/v1/sign", s.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("sign request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Asserts a refusal: status, problem code, and words the detail must hold.
 fn refused(answer: &(u16, Value), status: u16, code: &str, words: &[&str]) {
     let (st, body) = answer;
@@ -190,7 +174,7 @@ async fn ci_provisioner_gets_certificates_for_test_identities_only(backend: Back
         &["-pkeyopt", "ec_paramgen_curve:P-256"],
         &["localhost", "127.0.0.1"],
     );
-    let (status, issued) = sign(&s, &csr_pem, &token, None).await;
+    let (status, issued) = s.sign(&csr_pem, &token, None).await;
     assert_eq!(status, 201, "{issued}");
     // No lifetime asked: the server's 24h default, capped at the provisioner's 2h.
     assert_lifetime(&issued, 7200);
@@ -241,7 +225,7 @@ async fn ci_provisioner_gets_certificates_for_test_identities_only(backend: Back
     let (certs, tokens) = (s.count("certificates").await, s.count("tokens").await);
     // Not a test identity: the provisioner itself refuses, whatever the policies say.
     let token = mint(&ci, "ci", "payments", &["payments.svc.internal"]);
-    let answer = sign(&s, &csr(&["payments.svc.internal"]), &token, None).await;
+    let answer = s.sign(&csr(&["payments.svc.internal"]), &token, None).await;
     refused(
         &answer,
         403,
@@ -250,7 +234,9 @@ async fn ci_provisioner_gets_certificates_for_test_identities_only(backend: Back
     );
     // A test identity, but a name outside the policy.
     let token = mint(&ci, "ci", "ci-build-43", &["ci-build-43.prod.internal"]);
-    let answer = sign(&s, &csr(&["ci-build-43.prod.internal"]), &token, None).await;
+    let answer = s
+        .sign(&csr(&["ci-build-43.prod.internal"]), &token, None)
+        .await;
     refused(
         &answer,
         403,
@@ -325,7 +311,7 @@ async fn tokens_not_from_the_named_provisioner_are_refused(backend: Backend) {
         ),
     ];
     for (name, token, status, code, words) in cases {
-        let answer = sign(&s, &csr(&sans), &token, None).await;
+        let answer = s.sign(&csr(&sans), &token, None).await;
         assert_eq!(answer.0, status, "{name}: {}", answer.1);
         assert_eq!(answer.1["code"], code, "{name}: {}", answer.1);
         assert!(
@@ -338,7 +324,7 @@ async fn tokens_not_from_the_named_provisioner_are_refused(backend: Backend) {
     assert_eq!(s.count("tokens").await, 0);
     // The real key still works.
     let token = mint(&ci, "ci", "ci-1", &sans);
-    assert_eq!(sign(&s, &csr(&sans), &token, None).await.0, 201);
+    assert_eq!(s.sign(&csr(&sans), &token, None).await.0, 201);
 }
 
 async fn sighup_reloads_and_a_broken_set_keeps_the_old_one(backend: Backend) {
@@ -352,7 +338,7 @@ async fn sighup_reloads_and_a_broken_set_keeps_the_old_one(backend: Backend) {
     let get = |service: &'static str, name: &'static str| {
         let token = mint(&ci, "ci", service, &[name]);
         let s = &s;
-        async move { sign(s, &csr(&[name]), &token, None).await }
+        async move { s.sign(&csr(&[name]), &token, None).await }
     };
     assert_eq!(get("ci-1", "localhost").await.0, 201);
     let answer = get("ci-2", "ci-2.test.example").await;
@@ -422,7 +408,7 @@ async fn lifetimes_above_the_maximum_are_refused(backend: Backend) {
 
     let token = mint(&ci, "ci", "ci-1", &["localhost"]);
     let (csr_pem, key_pem) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["localhost"]);
-    let answer = sign(&s, &csr_pem, &token, Some("3h")).await;
+    let answer = s.sign(&csr_pem, &token, Some("3h")).await;
     refused(
         &answer,
         403,
@@ -434,11 +420,11 @@ async fn lifetimes_above_the_maximum_are_refused(backend: Backend) {
         ],
     );
     // The refusal left the token unused: it still buys a certificate.
-    let (status, short) = sign(&s, &csr_pem, &token, Some("30m")).await;
+    let (status, short) = s.sign(&csr_pem, &token, Some("30m")).await;
     assert_eq!(status, 201, "{short}");
     assert_lifetime(&short, 1800);
     let token = mint(&ci, "ci", "ci-2", &["localhost"]);
-    let (status, default) = sign(&s, &csr(&["localhost"]), &token, None).await;
+    let (status, default) = s.sign(&csr(&["localhost"]), &token, None).await;
     assert_eq!(status, 201, "{default}");
     assert_lifetime(&default, 3600);
 
@@ -497,7 +483,7 @@ async fn eddsa_provisioner_works(backend: Backend) {
     )
     .unwrap();
     assert_eq!(header["alg"], "EdDSA");
-    let (status, issued) = sign(&s, &csr(&["localhost", "::1"]), &token, None).await;
+    let (status, issued) = s.sign(&csr(&["localhost", "::1"]), &token, None).await;
     assert_eq!(status, 201, "{issued}");
 }
 
@@ -529,7 +515,7 @@ dns = ["*.plain.test"]
         let token = mint(&ci, "ci", service, &[name]);
         let csr = csr(&[name]);
         let s = &s;
-        async move { sign(s, &csr, &token, None).await }
+        async move { s.sign(&csr, &token, None).await }
     };
     let (status, issued) = get("ci-edge", "*.edge.test").await;
     assert_eq!(status, 201, "{issued}");
@@ -604,7 +590,7 @@ async fn spiffe_ids_with_a_trust_domain(backend: Backend) {
         let token = mint(&ci, "ci", "ci-7", names);
         let csr = csr(names);
         let s = &s;
-        async move { sign(s, &csr, &token, None).await }
+        async move { s.sign(&csr, &token, None).await }
     };
     let (status, issued) = get(&["localhost", "spiffe://example.org/ci/jobs/7"]).await;
     assert_eq!(status, 201, "{issued}");
@@ -638,7 +624,7 @@ async fn spiffe_ids_with_a_trust_domain(backend: Backend) {
     let escaping_csr = params.serialize_request(&key).unwrap().pem().unwrap();
     let token = mint(&ci, "ci", "ci-7", &["localhost"]);
     refused(
-        &sign(&s, &escaping_csr, &token, None).await,
+        &s.sign(&escaping_csr, &token, None).await,
         400,
         "bad-name",
         &[escape, "path segment"],
@@ -659,7 +645,7 @@ async fn spiffe_ids_with_a_trust_domain(backend: Backend) {
     };
     let token = sigil::token::mint(&signer, &claims).unwrap();
     refused(
-        &sign(&s, &csr(&[]), &token, None).await,
+        &s.sign(&csr(&[]), &token, None).await,
         401,
         "bad-token",
         &["token sans", "path segment"],

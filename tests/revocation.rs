@@ -35,15 +35,7 @@ struct Leaf {
 async fn sign(s: &Server, service: &str, token: &str) -> (u16, Value) {
     let name = format!("{service}.internal");
     let (csr, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &[&name]);
-    let resp = s
-        .http()
-        .post(format!("{}/v1/sign", s.url))
-        .json(&json!({ "csr": csr, "token": token }))
-        .send()
-        .await
-        .expect("sign request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    s.sign(&csr, token, None).await
 }
 
 async fn issue(s: &Server, service: &str) -> Leaf {
@@ -1291,21 +1283,7 @@ async fn admin_bad_inputs_are_refused_cleanly(backend: Backend) {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", c.name));
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, c.status, "{}: {body}", c.name);
-        assert_eq!(ctype, "application/problem+json", "{}", c.name);
-        assert_eq!(body["code"], c.code, "{}: {body}", c.name);
-        assert!(
-            body["detail"].as_str().is_some_and(|d| d.len() > 10),
-            "{}: detail must say what to fix",
-            c.name
-        );
+        common::assert_problem(c.name, resp, c.status, c.code).await;
     }
 
     // Nothing changed: the certificate is active, the identity enabled, no audit row written.

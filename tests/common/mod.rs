@@ -209,6 +209,29 @@ impl Server {
         self.client().http().clone()
     }
 
+    /// POSTs `/v1/sign` with a CSR, a token and, if given, a TTL; returns the status and the
+    /// JSON body (null if the body is not JSON).
+    pub async fn sign(
+        &self,
+        csr: &str,
+        token: &str,
+        ttl: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut body = serde_json::json!({ "csr": csr, "token": token });
+        if let Some(t) = ttl {
+            body["ttl"] = serde_json::json!(t);
+        }
+        let resp = self
+            .http()
+            .post(format!("{}/v1/sign", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("sign request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Gets a token through the admin API.
     pub async fn token(&self, service: &str, sans: &[&str]) -> String {
         let resp = self
@@ -582,4 +605,31 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// Asserts that `resp` is the refusal a table of bad inputs expects: its status, a
+/// problem+json body with that status and `code`, and a detail long enough to say what to fix.
+/// `case` names the row in failure messages. Returns the body.
+pub async fn assert_problem(
+    case: &str,
+    resp: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    let got = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    assert_eq!(got, status, "{case}: {body}");
+    assert_eq!(ctype, "application/problem+json", "{case}");
+    assert_eq!(body["code"], code, "{case}: {body}");
+    assert_eq!(body["status"], status, "{case}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.len() > 10),
+        "{case}: detail must say what to fix"
+    );
+    body
 }
