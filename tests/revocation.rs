@@ -38,6 +38,20 @@ async fn sign(s: &Server, service: &str, token: &str) -> (u16, Value) {
     s.sign(&csr, token, None).await
 }
 
+/// Asks to renew over a new mTLS connection presenting `leaf`, with a fresh CSR for
+/// payments.internal.
+async fn renew_as(s: &Server, leaf: &Leaf) -> reqwest::Result<reqwest::Response> {
+    let (csr, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
+    s.client()
+        .with_identity(&leaf.chain, &leaf.key)
+        .unwrap()
+        .http()
+        .post(format!("{}/v1/renew", s.url))
+        .json(&json!({ "csr": csr }))
+        .send()
+        .await
+}
+
 async fn issue(s: &Server, service: &str) -> Leaf {
     let name = format!("{service}.internal");
     let token = s.token(service, &[&name]).await;
@@ -520,15 +534,7 @@ async fn identity_kill_switch(backend: Backend) {
     assert_eq!(s.count("tokens").await, tokens_before);
     assert_eq!(s.count("certificates").await, certs_before);
     // Nor by renewal with a certificate it still holds.
-    let renewer = s.client().with_identity(&a.chain, &a.key).unwrap();
-    let (csr, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
-    let renewal = renewer
-        .http()
-        .post(format!("{}/v1/renew", s.url))
-        .json(&json!({ "csr": csr }))
-        .send()
-        .await;
-    if let Ok(resp) = renewal {
+    if let Ok(resp) = renew_as(&s, &a).await {
         assert_eq!(resp.status(), 403, "renewal of a revoked certificate");
     }
     // Other identities still get certificates.
@@ -671,14 +677,7 @@ async fn revoked_client_certificate_is_refused_over_tls(backend: Backend) {
     // Before the revocation the certificate is accepted at the TLS layer and renews.
     let resp = as_client(&leaf).http().get(&healthz).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let (csr, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
-    let resp = as_client(&sibling)
-        .http()
-        .post(format!("{}/v1/renew", s.url))
-        .json(&json!({ "csr": csr }))
-        .send()
-        .await
-        .unwrap();
+    let resp = renew_as(&s, &sibling).await.unwrap();
     assert_eq!(resp.status(), 201, "renewal of a good certificate");
 
     revoke(&s, &leaf.serial, "keyCompromise").await;
@@ -688,14 +687,7 @@ async fn revoked_client_certificate_is_refused_over_tls(backend: Backend) {
     // served CRL, not only from the database. A fresh client each time: no reused connection.
     let deadline = Instant::now() + SLACK;
     loop {
-        let (csr, _) = common::rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["payments.internal"]);
-        let resp = as_client(&leaf)
-            .http()
-            .post(format!("{}/v1/renew", s.url))
-            .json(&json!({ "csr": csr }))
-            .send()
-            .await
-            .unwrap();
+        let resp = renew_as(&s, &leaf).await.unwrap();
         assert_eq!(resp.status(), 403, "renewal with a revoked certificate");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "certificate-revoked", "{body}");
