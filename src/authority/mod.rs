@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -27,8 +27,8 @@ use crate::store::{CertificateRecord, NewAuditEvent, NewCertificate, SpentToken,
 use crate::token::{self, Claims, Expectations, SigningKey};
 pub use csr::VerifiedCsr;
 
-/// A certificate as returned to the workload.
-#[derive(Debug, Clone, Serialize)]
+/// A certificate as returned to the workload, and as the client side reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
     pub serial: String,
     /// The leaf, PEM.

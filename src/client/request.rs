@@ -5,7 +5,6 @@
 use clap::ValueEnum;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use reqwest::Method;
-use serde::Deserialize;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -67,17 +66,8 @@ fn rsa_key(bits: usize) -> anyhow::Result<KeyPair> {
         .map_err(|e| anyhow::anyhow!("loading the RSA key: {e}"))
 }
 
-/// A certificate as the CA returns it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Issued {
-    pub serial: String,
-    pub certificate: String,
-    pub chain: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-}
+/// A certificate as the CA returns it: the server's own answer type.
+pub use crate::authority::Issued;
 
 /// What a client needs to know about the leaf it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -519,16 +519,7 @@ impl Store {
         let (_turn, mut tx) = self.begin_write().await?;
         // The update takes the identity's row lock first, which orders this revocation against
         // concurrent issuances (see record_issuance).
-        let known =
-            sqlx::query("UPDATE identities SET enabled = 0, changed_at = $2 WHERE name = $1")
-                .bind(identity)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if known == 0 {
-            return Err(unknown_identity(identity));
-        }
+        set_enabled(&mut tx, identity, false, now).await?;
         let revoked = sqlx::query(
             "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
              WHERE identity = $1 AND status = 'active' AND not_after > $2",
@@ -579,16 +570,7 @@ impl Store {
     /// `unknown-identity` (404) when no certificate was ever recorded for the identity.
     pub async fn enable_identity(&self, identity: &str, now: i64, actor: &str) -> Result<()> {
         let (_turn, mut tx) = self.begin_write().await?;
-        let known =
-            sqlx::query("UPDATE identities SET enabled = 1, changed_at = $2 WHERE name = $1")
-                .bind(identity)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if known == 0 {
-            return Err(unknown_identity(identity));
-        }
+        set_enabled(&mut tx, identity, true, now).await?;
         let event = NewAuditEvent {
             action: "enable-identity",
             actor: actor.to_owned(),
@@ -851,6 +833,27 @@ async fn advance_revocation_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Re
     .bind(REVOCATION_SEQ)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Sets an identity's switch; `unknown-identity` (404) if no certificate was ever recorded
+/// for it.
+async fn set_enabled(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    identity: &str,
+    enabled: bool,
+    now: i64,
+) -> Result<()> {
+    let known = sqlx::query("UPDATE identities SET enabled = $3, changed_at = $2 WHERE name = $1")
+        .bind(identity)
+        .bind(now)
+        .bind(i64::from(enabled))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if known == 0 {
+        return Err(unknown_identity(identity));
+    }
     Ok(())
 }
 
