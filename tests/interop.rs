@@ -95,17 +95,6 @@ async fn issue(s: &Server, work: &Path, name: &str, service: &str, sans: &[&str]
     }
 }
 
-async fn get_text(s: &Server, path: &str) -> String {
-    let resp = s
-        .http()
-        .get(format!("{}{path}", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "GET {path}");
-    resp.text().await.unwrap()
-}
-
 /// Revokes `serial` and waits until the served CRL lists it.
 async fn revoke_and_wait(s: &Server, serial: &str, reason: &str) {
     let resp = s
@@ -147,8 +136,8 @@ async fn revoke_and_wait(s: &Server, serial: &str, reason: &str) {
 async fn trust_files(s: &Server, work: &Path) -> (PathBuf, PathBuf) {
     let ca = work.join("ca.pem");
     let crls = work.join("crls.pem");
-    std::fs::write(&ca, get_text(s, "/v1/bundle").await).unwrap();
-    std::fs::write(&crls, get_text(s, "/v1/crls.pem").await).unwrap();
+    std::fs::write(&ca, s.get_text("/v1/bundle").await).unwrap();
+    std::fs::write(&crls, s.get_text("/v1/crls.pem").await).unwrap();
     (ca, crls)
 }
 
@@ -198,8 +187,8 @@ async fn pkilint_finds_nothing() {
 
     let crl = work.path().join("intermediate.crl.pem");
     let arl = work.path().join("root.crl.pem");
-    std::fs::write(&crl, get_text(&s, "/v1/crl?format=pem").await).unwrap();
-    std::fs::write(&arl, get_text(&s, "/v1/crl/root?format=pem").await).unwrap();
+    std::fs::write(&crl, s.get_text("/v1/crl?format=pem").await).unwrap();
+    std::fs::write(&arl, s.get_text("/v1/crl/root?format=pem").await).unwrap();
     let root = s.data_dir.join("root.crt");
     let intermediate = s.data_dir.join("intermediate.crt");
     let server_cert = s.data_dir.join("server.crt");
@@ -468,7 +457,7 @@ async fn csrs_from_every_tool_and_key_type_are_accepted() {
     let s = Server::start(Backend::Sqlite).await;
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("ca.pem");
-    std::fs::write(&bundle, get_text(&s, "/v1/bundle").await).unwrap();
+    std::fs::write(&bundle, s.get_text("/v1/bundle").await).unwrap();
     let key_types = ["p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096"];
     let mut csrs: Vec<(String, String)> = Vec::new();
     for kt in key_types {

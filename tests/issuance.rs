@@ -28,15 +28,7 @@ fn openssl_verify(dir: &std::path::Path, bundle: &str, chain: &str) -> (bool, St
 async fn issues_verifiable_certificates(backend: Backend) {
     let s = Server::start(backend).await;
     let work = tempfile::tempdir().unwrap();
-    let bundle = s
-        .http()
-        .get(format!("{}/v1/bundle", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let bundle = s.get_text("/v1/bundle").await;
     assert!(bundle.contains("BEGIN CERTIFICATE"));
 
     let mut csrs: Vec<(String, String)> = Vec::new();

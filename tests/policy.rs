@@ -184,15 +184,7 @@ async fn ci_provisioner_gets_certificates_for_test_identities_only(backend: Back
         text.contains("DNS:localhost") && text.contains("IP Address:127.0.0.1"),
         "{text}"
     );
-    let bundle = s
-        .http()
-        .get(format!("{}/v1/bundle", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let bundle = s.get_text("/v1/bundle").await;
     let (bundle_path, chain_path) = (work.path().join("ca.pem"), work.path().join("chain.pem"));
     std::fs::write(&bundle_path, bundle).unwrap();
     std::fs::write(&chain_path, issued["chain"].as_str().unwrap()).unwrap();

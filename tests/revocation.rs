@@ -100,17 +100,6 @@ async fn revoke(s: &Server, serial: &str, reason: &str) -> Value {
     body
 }
 
-async fn get_bytes(s: &Server, path: &str) -> Vec<u8> {
-    let resp = s
-        .http()
-        .get(format!("{}{path}", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "GET {path}");
-    resp.bytes().await.unwrap().to_vec()
-}
-
 /// What the tests read out of a CRL.
 #[derive(Debug)]
 struct CrlView {
@@ -207,7 +196,7 @@ async fn wait_for_crl(
     let started = Instant::now();
     let deadline = started + PUBLISH_DELAY + SLACK;
     loop {
-        let crl = read_crl(&get_bytes(s, "/v1/crl").await, issuer_pem);
+        let crl = read_crl(&s.get_ok("/v1/crl").await, issuer_pem);
         if accept(&crl) {
             return (crl, started.elapsed());
         }
@@ -281,13 +270,13 @@ async fn revoked_certificate_is_refused_by_peers(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
     let revoked = issue(&s, "payments").await;
     let sibling = issue(&s, "payments").await;
-    let bundle = String::from_utf8(get_bytes(&s, "/v1/bundle").await).unwrap();
+    let bundle = s.get_text("/v1/bundle").await;
     let int_pem = intermediate_pem(&revoked);
-    let before = read_crl(&get_bytes(&s, "/v1/crl").await, &int_pem);
+    let before = read_crl(&s.get_ok("/v1/crl").await, &int_pem);
     assert!(before.entries.is_empty(), "{before:?}");
 
     // Before the revocation both verify everywhere.
-    let crls_pem = get_bytes(&s, "/v1/crls.pem").await;
+    let crls_pem = s.get_ok("/v1/crls.pem").await;
     for leaf in [&revoked, &sibling] {
         let (ok, out) = openssl_verify(work.path(), &bundle, &crls_pem, leaf);
         assert!(ok, "openssl verify before revocation: {out}");
@@ -327,13 +316,13 @@ async fn revoked_certificate_is_refused_by_peers(backend: Backend) {
     assert_eq!(crl.next_update - crl.this_update, 24 * 3600);
 
     // The root CRL: signed by the root, no IDP (openssl -crl_check_all needs that), empty.
-    let root_crl = read_crl(&get_bytes(&s, "/v1/crl/root").await, &bundle);
+    let root_crl = read_crl(&s.get_ok("/v1/crl/root").await, &bundle);
     assert!(!root_crl.has_idp, "root CRL must not carry an IDP");
     assert!(root_crl.entries.is_empty());
     assert_eq!(root_crl.aki, Some(ski_of(&bundle)));
 
     // openssl refuses the revoked certificate, says why, and still accepts the sibling.
-    let crls_pem = get_bytes(&s, "/v1/crls.pem").await;
+    let crls_pem = s.get_ok("/v1/crls.pem").await;
     let (ok, out) = openssl_verify(work.path(), &bundle, &crls_pem, &revoked);
     assert!(!ok, "openssl accepted a revoked certificate: {out}");
     assert!(out.contains("certificate revoked"), "{out}");
@@ -354,10 +343,7 @@ async fn revoked_certificate_is_refused_by_peers(backend: Backend) {
     );
 
     // A rustls verifier with the bundle and both CRLs agrees.
-    let crls = vec![
-        get_bytes(&s, "/v1/crl").await,
-        get_bytes(&s, "/v1/crl/root").await,
-    ];
+    let crls = vec![s.get_ok("/v1/crl").await, s.get_ok("/v1/crl/root").await];
     let verdict = rustls_verdict(&bundle, &crls, &revoked);
     assert!(
         matches!(
@@ -621,16 +607,16 @@ async fn crl_documents_are_cacheable(backend: Backend) {
 
     // PEM and DER are the same CRL.
     for path in ["/v1/crl", "/v1/crl/root"] {
-        let der = get_bytes(&s, path).await;
-        let pem = String::from_utf8(get_bytes(&s, &format!("{path}?format=pem")).await).unwrap();
+        let der = s.get_ok(path).await;
+        let pem = s.get_text(&format!("{path}?format=pem")).await;
         assert_eq!(
             sigil::pem::decode_all(&pem, "X509 CRL").unwrap(),
             vec![der.clone()],
             "{path}"
         );
-        assert_eq!(get_bytes(&s, &format!("{path}?format=der")).await, der);
+        assert_eq!(s.get_ok(&format!("{path}?format=der")).await, der);
     }
-    let crls = String::from_utf8(get_bytes(&s, "/v1/crls.pem").await).unwrap();
+    let crls = s.get_text("/v1/crls.pem").await;
     assert_eq!(sigil::pem::decode_all(&crls, "X509 CRL").unwrap().len(), 2);
 
     for bad in [
@@ -722,14 +708,14 @@ async fn crl_number_only_grows(backend: Backend) {
     .await;
     let leaf = issue(&s, "payments").await;
     let int_pem = intermediate_pem(&leaf);
-    let first = read_crl(&get_bytes(&s, "/v1/crl").await, &int_pem);
-    let first_root = read_crl(&get_bytes(&s, "/v1/crl/root").await, &s.root_pem());
+    let first = read_crl(&s.get_ok("/v1/crl").await, &int_pem);
+    let first_root = read_crl(&s.get_ok("/v1/crl/root").await, &s.root_pem());
     assert_eq!(first.next_update - first.this_update, 4);
 
     // Without any revocation, the schedule rebuilds before nextUpdate.
     let started = Instant::now();
     let scheduled = loop {
-        let crl = read_crl(&get_bytes(&s, "/v1/crl").await, &int_pem);
+        let crl = read_crl(&s.get_ok("/v1/crl").await, &int_pem);
         if crl.number > first.number {
             break crl;
         }
@@ -746,7 +732,7 @@ async fn crl_number_only_grows(backend: Backend) {
     assert!(listed.number > scheduled.number);
 
     s.restart().await;
-    let after_restart = read_crl(&get_bytes(&s, "/v1/crl").await, &int_pem);
+    let after_restart = read_crl(&s.get_ok("/v1/crl").await, &int_pem);
     assert!(
         after_restart.number >= listed.number,
         "{} >= {}",
@@ -758,7 +744,7 @@ async fn crl_number_only_grows(backend: Backend) {
     revoke(&s, &other.serial, "superseded").await;
     let (latest, _) = wait_until_listed(&s, &int_pem, &other.serial).await;
     assert!(latest.number > after_restart.number);
-    let root = read_crl(&get_bytes(&s, "/v1/crl/root").await, &s.root_pem());
+    let root = read_crl(&s.get_ok("/v1/crl/root").await, &s.root_pem());
     assert!(
         root.number > first_root.number,
         "the root CRL is rebuilt too"
@@ -1321,7 +1307,7 @@ async fn revocation_at_one_replica_reaches_the_other() {
     let b = a.replica().await;
     let leaf = issue(&a, "payments").await;
     let int_pem = intermediate_pem(&leaf);
-    let before = read_crl(&get_bytes(&b, "/v1/crl").await, &int_pem);
+    let before = read_crl(&b.get_ok("/v1/crl").await, &int_pem);
     revoke(&a, &leaf.serial, "keyCompromise").await;
     let (at_b, took) = wait_until_listed(&b, &int_pem, &leaf.serial).await;
     eprintln!("revocation reached the other replica's CRL after {took:?}");

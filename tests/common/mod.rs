@@ -209,6 +209,23 @@ impl Server {
         self.client().http().clone()
     }
 
+    /// GETs `path`, asserts the answer is 200, and returns its body.
+    pub async fn get_ok(&self, path: &str) -> Vec<u8> {
+        let resp = self
+            .http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// [`Server::get_ok`] for a text body.
+    pub async fn get_text(&self, path: &str) -> String {
+        String::from_utf8(self.get_ok(path).await).expect("a text body")
+    }
+
     /// POSTs `/v1/sign` with a CSR, a token and, if given, a TTL; returns the status and the
     /// JSON body (null if the body is not JSON).
     pub async fn sign(
