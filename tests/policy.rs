@@ -14,17 +14,12 @@ use serde_json::{json, Value};
 
 /// Runs the sigil binary in `dir`; returns (success, stdout, stderr).
 fn sigil(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SIGIL_POLICIES")
-        .env_remove("SIGIL_DATA_DIR")
-        .output()
-        .expect("running sigil");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::run_split(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("SIGIL_POLICIES")
+            .env_remove("SIGIL_DATA_DIR"),
     )
 }
 

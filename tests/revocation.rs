@@ -753,21 +753,16 @@ async fn crl_number_only_grows(backend: Backend) {
 
 /// Runs `sigil ARGS` against the test server as an operator would.
 fn sigil(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::BIN)
-        .args(args)
-        .arg("--ca")
-        .arg(&s.url)
-        .arg("--root")
-        .arg(s.root_path())
-        .arg("--admin-key-file")
-        .arg(s.admin_key_path())
-        .env_remove("SIGIL_CA")
-        .output()
-        .expect("running sigil");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::run_split(
+        Command::new(common::BIN)
+            .args(args)
+            .arg("--ca")
+            .arg(&s.url)
+            .arg("--root")
+            .arg(s.root_path())
+            .arg("--admin-key-file")
+            .arg(s.admin_key_path())
+            .env_remove("SIGIL_CA"),
     )
 }
 

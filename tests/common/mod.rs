@@ -393,14 +393,20 @@ pub fn openssl_csr(
 }
 
 /// Runs a command and returns (success, stdout + stderr).
-pub fn run(cmd: &mut Command) -> (bool, String) {
+/// Runs `cmd` to completion: whether it succeeded, its standard output, its standard error.
+pub fn run_split(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().expect("running command");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`run_split`] with standard output and standard error in one text.
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let (ok, out, err) = run_split(cmd);
+    (ok, out + &err)
 }
 
 // --- PostgreSQL -----------------------------------------------------------------------------
