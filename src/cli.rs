@@ -479,13 +479,27 @@ fn parse_sans(sans: &[String]) -> anyhow::Result<Vec<crate::names::San>> {
         .collect()
 }
 
-fn report_written(dir: &crate::client::files::CertDir, issued: &crate::client::request::Issued) {
+/// Writes a new generation of the certificate directory and says what it holds.
+fn write_issued(
+    dir: &crate::client::files::CertDir,
+    issued: &crate::client::request::Issued,
+    key_pem: String,
+    ca_pem: String,
+    crls_pem: Option<String>,
+) -> anyhow::Result<()> {
+    dir.write(&crate::client::files::Material {
+        chain_pem: issued.chain.clone(),
+        key_pem,
+        ca_pem,
+        crls_pem,
+    })?;
     println!(
         "wrote {} (serial {}, valid until {})",
         dir.path().display(),
         issued.serial,
         crate::client::request::rfc3339(issued.not_after)
     );
+    Ok(())
 }
 
 async fn request(args: RequestArgs) -> anyhow::Result<()> {
@@ -507,14 +521,7 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
         false => None,
     };
     let dir = files::CertDir::new(&args.out);
-    dir.write(&files::Material {
-        chain_pem: issued.chain.clone(),
-        key_pem,
-        ca_pem,
-        crls_pem,
-    })?;
-    report_written(&dir, &issued);
-    Ok(())
+    write_issued(&dir, &issued, key_pem, ca_pem, crls_pem)
 }
 
 async fn renew(args: RenewArgs) -> anyhow::Result<()> {
@@ -537,14 +544,7 @@ async fn renew(args: RenewArgs) -> anyhow::Result<()> {
         Some(old) => Some(request::fetch_crls(&client).await.unwrap_or(old)),
         None => None,
     };
-    dir.write(&files::Material {
-        chain_pem: issued.chain.clone(),
-        key_pem,
-        ca_pem,
-        crls_pem,
-    })?;
-    report_written(&dir, &issued);
-    Ok(())
+    write_issued(&dir, &issued, key_pem, ca_pem, crls_pem)
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {

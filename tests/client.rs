@@ -122,18 +122,6 @@ async fn admin(s: &Server, path: &str, body: Value) -> Value {
     resp.json().await.unwrap()
 }
 
-async fn record(s: &Server, serial: &str) -> Value {
-    s.http()
-        .get(format!("{}/v1/admin/certificates/{serial}", s.url))
-        .bearer_auth(s.admin_key())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn openssl_verify(dir: &Path) -> (bool, String) {
     let cert = dir.join("cert.pem");
     common::run(
@@ -194,10 +182,10 @@ async fn request_then_renew_rotates_key_and_serial(backend: Backend) {
     assert!(ok, "openssl verify after renewal: {out}");
 
     // The record says where it came from, and the old certificate stays valid (not revoked).
-    let rec = record(&s, &second.serial).await;
+    let rec = s.record(&second.serial).await;
     assert_eq!(rec["renewed_from"], first.serial.as_str(), "{rec}");
     assert_eq!(rec["identity"], "payments");
-    assert_eq!(record(&s, &first.serial).await["status"], "active");
+    assert_eq!(s.record(&first.serial).await["status"], "active");
 
     // Renewing again from the renewed certificate works too, and can change the key type.
     let (ok, out) = renew_cli(&s, &dir, &["--key-type", "p384", "--ttl", "2h"]);
@@ -206,7 +194,7 @@ async fn request_then_renew_rotates_key_and_serial(backend: Backend) {
     assert_ne!(third.serial, second.serial);
     assert_eq!(third.sans, first.sans);
     assert!(third.key_pem != second.key_pem);
-    let rec = record(&s, &third.serial).await;
+    let rec = s.record(&third.serial).await;
     assert_eq!(rec["key_type"], "p384", "{rec}");
     assert_eq!(rec["renewed_from"], second.serial.as_str());
 }
@@ -218,13 +206,13 @@ async fn every_key_type_is_requested_and_renewed() {
     for key_type in ["p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096"] {
         let dir = work.path().join(key_type);
         let first = request(&s, &dir, "kt", &["kt.internal"], &["--key-type", key_type]).await;
-        let rec = record(&s, &first.serial).await;
+        let rec = s.record(&first.serial).await;
         assert_eq!(rec["key_type"], key_type, "{rec}");
         let (ok, out) = renew_cli(&s, &dir, &[]);
         assert!(ok, "{key_type}: renew failed: {out}");
         let renewed = held(&dir);
         assert_eq!(
-            record(&s, &renewed.serial).await["key_type"],
+            s.record(&renewed.serial).await["key_type"],
             key_type,
             "renewal keeps the key type"
         );
@@ -325,7 +313,7 @@ async fn refused_renewals(backend: Backend) {
     .await;
     let disabled_answer = admin(&s, "/v1/admin/services/ledger/revoke", json!({})).await;
     assert_eq!(disabled_answer["revoked"], 1);
-    assert_eq!(record(&s, &dis.serial).await["status"], "revoked");
+    assert_eq!(s.record(&dis.serial).await["status"], "revoked");
     wait_for_crl_change(&s, &crls_before).await;
     // The 1-second certificate is past its notAfter by now.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -594,7 +582,7 @@ async fn agent_renews_short_certificates_and_reloads_the_workload() {
     for h in [&second, &third] {
         assert_eq!(h.sans, first.sans);
         assert_ne!(h.spki, first.spki);
-        assert!(record(&s, &h.serial).await["renewed_from"].is_string());
+        assert!(s.record(&h.serial).await["renewed_from"].is_string());
     }
 
     // Each change ran the hook and signalled the workload: first write and two renewals.
@@ -687,7 +675,7 @@ async fn agent_keeps_files_while_the_ca_is_down_and_recovers() {
     })
     .await;
     assert_eq!(
-        record(&s, &renewed.serial).await["renewed_from"],
+        s.record(&renewed.serial).await["renewed_from"],
         first.serial.as_str()
     );
     let log = agent.log_text();
@@ -721,7 +709,7 @@ async fn agent_uses_a_fresh_token_when_its_certificate_is_revoked() {
         |h| h.serial != first.serial,
     )
     .await;
-    let rec = record(&s, &replaced.serial).await;
+    let rec = s.record(&replaced.serial).await;
     assert!(
         rec["renewed_from"].is_null(),
         "it came from the token, not a renewal: {rec}"

@@ -193,20 +193,7 @@ async fn ci_provisioner_gets_certificates_for_test_identities_only(backend: Back
             .arg(&chain_path),
     );
     assert!(ok, "openssl verify: {out}");
-    let record: Value = s
-        .http()
-        .get(format!(
-            "{}/v1/admin/certificates/{}",
-            s.url,
-            issued["serial"].as_str().unwrap()
-        ))
-        .bearer_auth(s.admin_key())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record = s.record(issued["serial"].as_str().unwrap()).await;
     assert_eq!(record["provisioner"], "ci", "{record}");
 
     let (certs, tokens) = (s.count("certificates").await, s.count("tokens").await);

@@ -226,6 +226,19 @@ impl Server {
         String::from_utf8(self.get_ok(path).await).expect("a text body")
     }
 
+    /// The admin API's record of a certificate.
+    pub async fn record(&self, serial: &str) -> serde_json::Value {
+        let resp = self
+            .http()
+            .get(format!("{}/v1/admin/certificates/{serial}", self.url))
+            .bearer_auth(self.admin_key())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "record of {serial}");
+        resp.json().await.unwrap()
+    }
+
     /// POSTs `/v1/sign` with a CSR, a token and, if given, a TTL; returns the status and the
     /// JSON body (null if the body is not JSON).
     pub async fn sign(
